@@ -1,0 +1,1 @@
+"""`loopml …`: thin commands that parse, call the client or services, and render."""

@@ -1,0 +1,45 @@
+"""`loopml server`: run the API, the UI and the background workers in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("server")(server)
+
+
+def server(
+    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1; LOOPML_HOST)."),
+    port: int = typer.Option(None, help="Port to listen on (default 8080; LOOPML_PORT)."),
+    home: Path = typer.Option(None, help="State directory (default ~/.loopml; LOOPML_HOME)."),
+    log_level: str = typer.Option(None, help="Log level (default INFO; LOOPML_LOG_LEVEL)."),
+) -> None:
+    """Run the loopml server (Vertex AI, BigQuery, Pub/Sub and GCS APIs) until interrupted."""
+    import uvicorn
+
+    from loopml import logs
+    from loopml.api.app import create_app
+    from loopml.config import Settings
+    from loopml.platform import Platform
+
+    settings = Settings.from_env(host=host, port=port, home=home, log_level=log_level)
+    logs.configure(settings.log_level)
+    platform = Platform.open(settings)
+    app = create_app(platform)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        timeout_keep_alive=75,
+        backlog=2048,
+        timeout_graceful_shutdown=30,
+    )
+    typer.echo(f"loopml server on http://{settings.host}:{settings.port} (home {settings.resolved_home()})")
+    uvicorn.Server(config).run()

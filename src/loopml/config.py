@@ -1,0 +1,63 @@
+"""One typed Settings object, built once at the entry point and passed down.
+
+Nothing reads the environment at import time: call `Settings.from_env()` in an entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOPML_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".loopml")
+    database_url: str | None = None
+    """SQLAlchemy URL of the metadata store; default `sqlite:///$LOOPML_HOME/metadata.db`."""
+    artifact_root: Path | None = None
+    """Root of the local artifact store; default `$LOOPML_HOME`. Buckets live in `<root>/buckets`."""
+    object_store_url: str | None = None
+    """fsspec URL of a real object store (e.g. `s3://team-bucket/loopml`); unset = local buckets."""
+    warehouse_path: Path | None = None
+    """DuckDB file of the warehouse; default `$LOOPML_HOME/warehouse.duckdb`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    url: str = "http://127.0.0.1:8080"
+    """Where the CLI and the Python client find the server (`LOOPML_URL`)."""
+
+    log_level: str = "INFO"
+    max_predict_bytes: int = 1_500_000
+    max_request_bytes: int = 64 * 1024 * 1024
+
+    autoscale_cycle_s: float = 15.0
+    autoscale_window_s: float = 300.0
+    replica_start_timeout_s: float = 120.0
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home() / 'metadata.db'}"
+
+    def resolved_artifact_root(self) -> Path:
+        return (self.artifact_root or self.resolved_home()).expanduser().resolve()
+
+    def resolved_warehouse_path(self) -> Path:
+        return (self.warehouse_path or self.resolved_home() / "warehouse.duckdb").expanduser().resolve()
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Build settings from `LOOPML_*` variables, with explicit overrides winning."""
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**clean)  # type: ignore[arg-type]
+
+    def ensure_dirs(self) -> None:
+        home = self.resolved_home()
+        home.mkdir(parents=True, exist_ok=True)
+        (self.resolved_artifact_root() / "buckets").mkdir(parents=True, exist_ok=True)
