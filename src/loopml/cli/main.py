@@ -14,6 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """loopml: the whole ML loop on one machine, with the Vertex AI and BigQuery APIs."""
+
+
 # (module, attribute) pairs; each attribute is a typer.Typer added as a sub-command group, or a
 # function `register(app)` adding top-level commands.
 GROUPS: list[str] = [
