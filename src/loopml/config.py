@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     autoscale_window_s: float = 300.0
     replica_start_timeout_s: float = 120.0
 
+    # -- envs / images / storage (IMG) ------------------------------------------------------
+    uv_cache_dir: Path | None = None
+    """uv's package cache for env builds; unset = uv's own default (shared with the user's uv)."""
+    envs_use_uv: bool = True
+    """Build envs with `uv` (fast, hard-linked cache); False = `python -m venv` + pip."""
+    envs_offline: bool = False
+    """Install only from the local package cache (`uv pip install --offline`)."""
+    prebuilt_envs: str = "isolated"
+    """Prebuilt Vertex images: "isolated" (an env with the framework) or "host" (loopml's Python)."""
+    gcs_mount: Path | None = None
+    """If set (e.g. `/gcs`), the server links this path to the buckets dir (the Vertex `/gcs/` view)."""
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 
