@@ -1,0 +1,1 @@
+"""Reproducible performance measurements (`make bench`); results in results/*.json and docs/benchmarks.md."""
