@@ -231,7 +231,7 @@ def markdown(data: dict[str, Any]) -> str:
                 continue
             r = med["loopml"]["32"]["rps"] / med[peer]["32"]["rps"]
             ratios.append(f"- loopml / {peer} throughput at concurrency 32: **{r:.1f}×**")
-    return "\n".join(lines + [""] + ratios)
+    return "\n".join([*lines, "", *ratios])
 
 
 if __name__ == "__main__":
