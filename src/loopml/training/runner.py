@@ -1,0 +1,313 @@
+"""The job runner: each CustomJob is a supervised child process in its own process group.
+
+A job thread prepares the runtime (image env, or executor env + sdist), starts the chief
+replica with the job's environment, and waits for it, enforcing `scheduling.timeout` and
+cancellation (SIGTERM to the process group, SIGKILL after a grace period). Output goes to
+`$LOOPML_HOME/logs/jobs/<id>.log`. The child gets PR_SET_PDEATHSIG so it dies with the server
+even on SIGKILL; at start the runner fails jobs a previous server left RUNNING and kills any of
+their processes that survived.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from loopml.errors import LoopmlError
+from loopml.metadata import Database
+from loopml.metadata.jobs_tables import TrainingJobRow
+from loopml.refs import now
+from loopml.training.contract import job_env
+from loopml.training.runtime import Launch, RuntimeResolver
+from loopml.training.spec import ACTIVE_STATES, TERMINAL_STATES, parse_job_spec
+from loopml.training.store import CUSTOM_JOBS, JobStore, job_name
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[TrainingJobRow], None]
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def log_tail(path: Path, lines: int = 20, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = "\n".join(line for line in text.splitlines()[-lines:])
+    return tail[-limit:]
+
+
+@dataclass
+class _Active:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    proc: subprocess.Popen[bytes] | None = None
+    thread: threading.Thread | None = None
+
+
+class JobRunner:
+    def __init__(
+        self,
+        db: Database,
+        store: JobStore,
+        resolver: RuntimeResolver,
+        *,
+        logs_dir: Path,
+        url: str,
+        extra_env: Callable[[], dict[str, str]] | None = None,
+        grace_s: float = 5.0,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.resolver = resolver
+        self.logs_dir = logs_dir
+        self.url = url
+        self.extra_env = extra_env
+        self.grace_s = grace_s
+        self.poll_s = poll_s
+        self.on_started: list[Hook] = []
+        self.on_finished: list[Hook] = []
+        self._active: dict[int, _Active] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover from a previous server: RUNNING jobs fail (their processes are killed), PENDING
+        ones start again."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        pending: list[int] = []
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(TrainingJobRow).where(
+                    TrainingJobRow.collection == CUSTOM_JOBS, TrainingJobRow.state.in_(ACTIVE_STATES)
+                )
+            ).all()
+            for row in rows:
+                if (
+                    row.state in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED")
+                    and not row.pid
+                    and not row.cancel_requested
+                ):
+                    pending.append(row.pk)
+                    continue
+                if row.pid and group_alive(row.pid):
+                    kill_group(row.pid, signal.SIGKILL)
+        for row in rows:
+            if row.pk in pending:
+                continue
+            reason = (
+                "The job was cancelled while the loopml server was down."
+                if row.cancel_requested
+                else "The loopml server stopped while this job was running; the job was marked FAILED. "
+                "Submit it again to rerun it."
+            )
+            state = "JOB_STATE_CANCELLED" if row.cancel_requested else "JOB_STATE_FAILED"
+            moved = self.store.finish(
+                row.pk, state, {"code": 10 if not row.cancel_requested else 1, "message": reason}
+            )
+            if moved is not None:
+                self._notify(self.on_finished, moved)
+        for pk in pending:
+            self.submit(pk)
+
+    def stop(self) -> None:
+        """Stop every job (jobs never outlive the server) and mark them FAILED."""
+        self._stopping = True
+        with self._lock:
+            active = list(self._active.items())
+        for _pk, act in active:
+            act.cancel.set()
+        deadline = time.monotonic() + self.grace_s + 5
+        for _pk, act in active:
+            if act.thread is not None:
+                act.thread.join(max(0.1, deadline - time.monotonic()))
+
+    # -- API -------------------------------------------------------------------------------
+    def submit(self, pk: int) -> None:
+        act = _Active()
+        thread = threading.Thread(target=self._run, args=(pk, act), name=f"job-{pk}", daemon=True)
+        act.thread = thread
+        with self._lock:
+            self._active[pk] = act
+        thread.start()
+
+    def cancel(self, pk: int) -> bool:
+        """Signal a running job; False if this runner is not running it."""
+        with self._lock:
+            act = self._active.get(pk)
+        if act is None:
+            return False
+        act.cancel.set()
+        return True
+
+    def is_active(self, pk: int) -> bool:
+        with self._lock:
+            return pk in self._active
+
+    # -- the job thread --------------------------------------------------------------------
+    def _notify(self, hooks: list[Hook], row: TrainingJobRow) -> None:
+        for hook in hooks:
+            try:
+                hook(row)
+            except Exception:
+                log.exception("job hook failed for %s", job_name(row))
+
+    def _run(self, pk: int, act: _Active) -> None:
+        try:
+            self._execute(pk, act)
+        except Exception as exc:  # never leave a job without a terminal state
+            log.exception("job %s crashed in the runner", pk)
+            moved = self.store.finish(
+                pk, "JOB_STATE_FAILED", {"code": 13, "message": f"loopml runner error: {exc}"}
+            )
+            if moved is not None:
+                self._notify(self.on_finished, moved)
+        finally:
+            with self._lock:
+                self._active.pop(pk, None)
+
+    def _execute(self, pk: int, act: _Active) -> None:
+        with self.db.session() as s:
+            row = s.get(TrainingJobRow, pk)
+            assert row is not None
+            spec = parse_job_spec(row.spec.get("jobSpec", {}))
+            project, location, job_id = row.project, row.location, row.job_id
+            data_env = dict(row.spec.get("dataEnv") or {})
+            log_path = Path(row.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as logf:
+            logf.write(f"[loopml] job {job_id} accepted at {now().isoformat()}\n")
+            if len(spec.pools) > 1 or spec.chief.replica_count > 1:
+                logf.write("[loopml] note: only the chief replica (workerpool0-0) runs on one machine\n")
+            try:
+                launch: Launch = self.resolver.launch(spec.chief, logf)
+            except LoopmlError as exc:
+                logf.write(f"[loopml] preparing the job failed: {exc.message}\n")
+                self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the job failed: {exc.message}")
+                return
+            if act.cancel.is_set():
+                self._finish(pk, "JOB_STATE_CANCELLED", 1, "The job was cancelled before it started.")
+                return
+            env = job_env(
+                base_env=dict(os.environ),
+                bin_dirs=launch.bin_dirs,
+                image_env=launch.env,
+                user_env=spec.chief.env,
+                project=project,
+                location=location,
+                job_id=job_id,
+                base_output_dir=spec.base_output_dir,
+                data=data_env,
+                url=self.url,
+                extra=self.extra_env() if self.extra_env else None,
+            )
+            logf.write(f"[loopml] starting workerpool0-0: {' '.join(launch.argv)} (cwd {launch.cwd})\n")
+            try:
+                proc = subprocess.Popen(
+                    launch.argv,
+                    cwd=str(launch.cwd),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_pdeathsig,
+                )
+            except OSError as exc:
+                logf.write(f"[loopml] could not start the process: {exc}\n")
+                self._finish(pk, "JOB_STATE_FAILED", 9, f"Could not start {launch.argv[0]!r}: {exc}")
+                return
+            act.proc = proc
+            started = self.store.update(pk, state="JOB_STATE_RUNNING", pid=proc.pid, start_time=now())
+            self._notify(self.on_started, started)
+            outcome = self._wait(proc, act, spec.timeout_s)
+            kill_group(proc.pid, signal.SIGKILL)  # stray grandchildren never outlive the job
+            logf.write(f"[loopml] job {job_id} ended: {outcome[0]} (exit {proc.returncode})\n")
+        state, code, message = outcome
+        if state == "JOB_STATE_FAILED" and message.startswith("The replica"):
+            tail = log_tail(log_path)
+            message = f"{message}\nLast lines of the log:\n{tail}" if tail else message
+        self._finish(pk, state, code, message)
+
+    def _wait(
+        self, proc: subprocess.Popen[bytes], act: _Active, timeout_s: float | None
+    ) -> tuple[str, int, str]:
+        started = time.monotonic()
+        while True:
+            try:
+                rc = proc.wait(timeout=self.poll_s)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc is not None:
+                if rc == 0:
+                    return "JOB_STATE_SUCCEEDED", 0, ""
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with a non-zero status of {rc}"
+                return "JOB_STATE_FAILED", 13, f"The replica workerpool0-0 {how}."
+            if act.cancel.is_set():
+                self._terminate(proc)
+                if self._stopping:
+                    return "JOB_STATE_FAILED", 10, "The loopml server stopped while this job was running."
+                return "JOB_STATE_CANCELLED", 1, "The job was cancelled."
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                self._terminate(proc)
+                return "JOB_STATE_FAILED", 4, f"The job timed out after {timeout_s:g}s (scheduling.timeout)."
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.grace_s)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _finish(self, pk: int, state: str, code: int, message: str) -> None:
+        error = None if state == "JOB_STATE_SUCCEEDED" else {"code": code, "message": message}
+        moved = self.store.finish(pk, state, error)
+        if moved is not None:
+            self._notify(self.on_finished, moved)
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL_STATES
+
+
+def describe(row: TrainingJobRow) -> dict[str, Any]:
+    return {"name": job_name(row), "state": row.state, "pid": row.pid}
