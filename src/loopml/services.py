@@ -27,5 +27,9 @@ def build(platform: Platform) -> None:
     # -- registry (models, versions, aliases, endpoints' stored state) ---------------------
     # -- ingest / warehouse / sqlml ---------------------------------------------------------
     # -- envs / images / training -----------------------------------------------------------
+    # training (JOBS): after envs/images, before serving; looks images/envs/registry up lazily
+    from loopml import training
+
+    platform.services["training"] = training.build(platform)
     # -- serving ----------------------------------------------------------------------------
     return None
