@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     autoscale_window_s: float = 300.0
     replica_start_timeout_s: float = 120.0
 
+    # -- ingest (INGEST) ----------------------------------------------------------------------
+    default_project: str = "local"
+    """Project of topics reached through `POST /ingest/{topic}` without `?project=`."""
+    ingest_log_path: Path | None = None
+    """SQLite file of the message log (topics, subscriptions, messages); default `$LOOPML_HOME/ingest.db`."""
+
     # -- envs / images / storage (IMG) ------------------------------------------------------
     uv_cache_dir: Path | None = None
     """uv's package cache for env builds; unset = uv's own default (shared with the user's uv)."""

@@ -26,6 +26,24 @@ def build(platform: Platform) -> None:
     """Construct every service. Keep one block per subsystem, in dependency order."""
     # -- registry (models, versions, aliases, endpoints' stored state) ---------------------
     # -- ingest / warehouse / sqlml ---------------------------------------------------------
+    # ingest (INGEST): the warehouse and serving are looked up lazily (built later, or absent)
+    from loopml.ingest import IngestService
+
+    async def _ingest_predict(endpoint_name: str, instances: list[Any]) -> dict[str, Any]:
+        serving = platform.services.get("serving")
+        if serving is None:
+            raise RuntimeError("no serving runtime on this platform")
+        return await serving.predict(endpoint_name, instances)  # type: ignore[no-any-return]
+
+    ingest = IngestService(
+        platform.settings.ingest_log_path or platform.settings.resolved_home() / "ingest.db",
+        default_project=platform.settings.default_project,
+        warehouse=lambda: platform.services.get("warehouse"),
+        predict=_ingest_predict,
+    )
+    platform.services["ingest"] = ingest
+    platform.on_start("ingest", ingest.start)
+    platform.on_stop("ingest", ingest.stop)
     # -- envs / images / training -----------------------------------------------------------
     # training (JOBS): after envs/images, before serving; looks images/envs/registry up lazily
     from loopml import training

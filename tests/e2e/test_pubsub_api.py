@@ -1,0 +1,149 @@
+"""Pub/Sub REST surface against a real server: topics, subscriptions, publish, pull, ack, errors."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import orjson
+import pytest
+
+P = "proj1"
+
+
+@pytest.fixture(scope="module")
+def http(server: object) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=30) as client:  # type: ignore[attr-defined]
+        yield client
+
+
+def b64(obj: object) -> str:
+    return base64.b64encode(orjson.dumps(obj)).decode()
+
+
+def test_topic_lifecycle(http: httpx.Client) -> None:
+    r = http.put(f"/v1/projects/{P}/topics/life-topic", json={"labels": {"team": "a"}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": f"projects/{P}/topics/life-topic", "labels": {"team": "a"}}
+    assert http.put(f"/v1/projects/{P}/topics/life-topic").status_code == 409
+    assert http.get(f"/v1/projects/{P}/topics/life-topic").json()["labels"] == {"team": "a"}
+    names = [t["name"] for t in http.get(f"/v1/projects/{P}/topics").json()["topics"]]
+    assert f"projects/{P}/topics/life-topic" in names
+    assert http.delete(f"/v1/projects/{P}/topics/life-topic").status_code == 200
+    r = http.get(f"/v1/projects/{P}/topics/life-topic")
+    assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_publish_pull_ack_and_redelivery(http: httpx.Client) -> None:
+    assert http.put(f"/v1/projects/{P}/topics/topic-1").status_code == 200
+    r = http.put(
+        f"/v1/projects/{P}/subscriptions/sub-1",
+        json={"topic": f"projects/{P}/topics/topic-1", "ackDeadlineSeconds": 10},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["pushConfig"] == {} and r.json()["ackDeadlineSeconds"] == 10
+    r = http.post(
+        f"/v1/projects/{P}/topics/topic-1:publish",
+        json={"messages": [{"data": b64({"n": i}), "attributes": {"k": str(i)}} for i in range(3)]},
+    )
+    assert r.status_code == 200, r.text
+    ids = r.json()["messageIds"]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    r = http.post(f"/v1/projects/{P}/subscriptions/sub-1:pull", json={"maxMessages": 10})
+    got = r.json()["receivedMessages"]
+    assert [m["message"]["messageId"] for m in got] == ids  # in publish order
+    assert [orjson.loads(base64.b64decode(m["message"]["data"]))["n"] for m in got] == [0, 1, 2]
+    assert got[0]["message"]["attributes"] == {"k": "0"} and got[0]["deliveryAttempt"] == 1
+    assert got[0]["message"]["publishTime"].endswith("Z")
+    # ack the first, nack (deadline 0) the second, leave the third leased
+    assert http.post(f"/v1/projects/{P}/subscriptions/sub-1:acknowledge", json={"ackIds": [got[0]["ackId"]]}).json() == {}
+    r = http.post(
+        f"/v1/projects/{P}/subscriptions/sub-1:modifyAckDeadline",
+        json={"ackIds": [got[1]["ackId"]], "ackDeadlineSeconds": 0},
+    )
+    assert r.status_code == 200
+    again = http.post(f"/v1/projects/{P}/subscriptions/sub-1:pull", json={"maxMessages": 10}).json()
+    assert [m["message"]["messageId"] for m in again["receivedMessages"]] == [ids[1]]
+    assert again["receivedMessages"][0]["deliveryAttempt"] == 2
+    status = http.get(f"/v1/projects/{P}/subscriptions/sub-1").json()["loopmlStatus"]
+    assert status["outstanding"] == 2
+    r = http.post(f"/v1/projects/{P}/subscriptions/sub-1:pull", json={"maxMessages": 5, "returnImmediately": True})
+    assert r.status_code == 200 and r.json() == {}
+
+
+def test_subscription_filter_on_attributes(http: httpx.Client) -> None:
+    http.put(f"/v1/projects/{P}/topics/topic-2")
+    r = http.put(
+        f"/v1/projects/{P}/subscriptions/sub-2",
+        json={"topic": f"projects/{P}/topics/topic-2", "filter": 'attributes.kind = "keep"'},
+    )
+    assert r.status_code == 200, r.text
+    msgs = [{"data": b64(i), "attributes": {"kind": "keep" if i % 2 else "drop"}} for i in range(6)]
+    http.post(f"/v1/projects/{P}/topics/topic-2:publish", json={"messages": msgs})
+    got = http.post(f"/v1/projects/{P}/subscriptions/sub-2:pull", json={"maxMessages": 10}).json()["receivedMessages"]
+    assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got] == [1, 3, 5]
+
+
+def test_ingest_json_proxy(http: httpx.Client) -> None:
+    http.put("/v1/projects/local/topics/hyp")
+    http.put("/v1/projects/local/subscriptions/hyp-pull", json={"topic": "projects/local/topics/hyp"})
+    event = {"event": "purchase", "user_id": "UID00003"}
+    r = http.post("/ingest/hyp/json", json=event)
+    assert r.status_code == 200, r.text
+    assert r.json()["message"] == "pubsub message sent: " + orjson.dumps(event).decode()
+    r = http.post("/ingest/hyp", json=[{"i": 1}, {"i": 2}])
+    assert r.status_code == 200 and len(r.json()["messageIds"]) == 2
+    got = http.post("/v1/projects/local/subscriptions/hyp-pull:pull", json={"maxMessages": 10}).json()
+    datas = [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got["receivedMessages"]]
+    assert datas == [event, {"i": 1}, {"i": 2}]
+    # topics are per project: ?project= selects another one
+    http.put(f"/v1/projects/{P}/topics/hyp")
+    assert http.post(f"/ingest/hyp/json?project={P}", json=event).status_code == 200
+
+
+def test_bad_input(http: httpx.Client) -> None:
+    r = http.post("/ingest/hyp/json", content=b"{not json")
+    assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
+    assert http.post("/ingest/no-such-topic/json", json={}).status_code == 404
+    assert http.post(f"/v1/projects/{P}/topics/nope:publish", json={"messages": [{"data": "eA=="}]}).status_code == 404
+    r = http.post(f"/v1/projects/{P}/topics/topic-1:publish", json={"messages": [{"data": "***"}]})
+    assert r.status_code == 400 and "messages[0].data" in r.json()["error"]["message"]
+    r = http.post(f"/v1/projects/{P}/topics/topic-1:publish", json={"messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    cases = [
+        ({"topic": f"projects/{P}/topics/topic-1", "ackDeadlineSeconds": 5}, "ackDeadlineSeconds"),
+        ({"topic": f"projects/{P}/topics/topic-1", "pushConfig": {"pushEndpoint": "ftp://x"}}, "pushConfig.pushEndpoint"),
+        ({"topic": f"projects/{P}/topics/topic-1", "bigqueryConfig": {"table": "only.two"}}, "bigqueryConfig.table"),
+        ({"topic": f"projects/{P}/topics/topic-1", "retryPolicy": {"minimumBackoff": "ten"}}, "retryPolicy.minimumBackoff"),
+        ({"topic": f"projects/{P}/topics/topic-1", "filter": 'attributes.k = "v" AND ('}, "filter"),
+        ({"topic": f"projects/{P}/topics/topic-1", "bogus": 1}, "bogus"),
+        ({"topic": "projects/x"}, "topic"),
+        (
+            {"topic": f"projects/{P}/topics/topic-1", "loopmlInferenceConfig": {"endpoint": "e1"}},
+            "loopmlInferenceConfig.endpoint",
+        ),
+    ]
+    for body, field in cases:
+        r = http.put(f"/v1/projects/{P}/subscriptions/bad-sub", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert field in r.json()["error"]["message"], (field, r.text)
+    assert http.get(f"/v1/projects/{P}/subscriptions/bad-sub").status_code == 404
+    r = http.put(f"/v1/projects/{P}/subscriptions/to-nowhere", json={"topic": f"projects/{P}/topics/missing"})
+    assert r.status_code == 404
+
+
+def test_new_subscription_starts_at_the_head(http: httpx.Client) -> None:
+    http.put(f"/v1/projects/{P}/topics/topic-3")
+    http.post(f"/v1/projects/{P}/topics/topic-3:publish", json={"messages": [{"data": b64("old")}]})
+    http.put(f"/v1/projects/{P}/subscriptions/sub-3", json={"topic": f"projects/{P}/topics/topic-3"})
+    http.post(f"/v1/projects/{P}/topics/topic-3:publish", json={"messages": [{"data": b64("new")}]})
+    t0 = time.monotonic()
+    got = http.post(f"/v1/projects/{P}/subscriptions/sub-3:pull", json={"maxMessages": 10}).json()["receivedMessages"]
+    assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got] == ["new"]
+    assert time.monotonic() - t0 < 30
+    assert http.get(f"/v1/projects/{P}/topics/topic-3/subscriptions").json() == {
+        "subscriptions": [f"projects/{P}/subscriptions/sub-3"]
+    }
+    assert http.delete(f"/v1/projects/{P}/subscriptions/sub-3").status_code == 200
+    assert http.get(f"/v1/projects/{P}/subscriptions/sub-3").status_code == 404
