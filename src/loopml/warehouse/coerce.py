@@ -1,0 +1,307 @@
+"""Streaming-insert coercion: JSON rows → Arrow columns, with BigQuery's insertAll rules.
+
+`RowConverter(schema)` compiles one small function per field once; `convert(rows)` returns the
+converted columns plus per-row errors `{"index", "errors": [{"reason": "invalid", "location",
+"message"}]}`. Coercions: numeric strings into INTEGER/FLOAT/NUMERIC, `true`/`false` strings into
+BOOLEAN, TIMESTAMP strings `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM| UTC]` (no offset = UTC) or
+epoch seconds, DATE/TIME/DATETIME ISO strings, base64 BYTES, JSON values serialised to text,
+nested objects and arrays for RECORD and REPEATED fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from loopml.warehouse.schema import Field, arrow_type, legacy_type
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NUMERIC_Q = Decimal("1e-9")
+_NUMERIC_MAX = Decimal("1e29")
+
+
+class RowError(Exception):
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.message = message
+
+
+Conv = Callable[[Any, str], Any]
+
+
+def _int(v: Any, path: str) -> int:
+    if type(v) is int:
+        if _INT64_MIN <= v <= _INT64_MAX:
+            return v
+        raise RowError(path, f"Value {v} is out of range for INT64 field {path}.")
+    if isinstance(v, str):
+        try:
+            return _int(int(v.strip()), path)
+        except ValueError:
+            try:
+                f = float(v)
+            except ValueError:
+                raise RowError(path, f"Cannot convert value {v!r} to integer for field {path}.") from None
+            v = f
+    if isinstance(v, float) and v.is_integer():
+        return _int(int(v), path)
+    raise RowError(path, f"Cannot convert value {v!r} to integer for field {path}.")
+
+
+def _float(v: Any, path: str) -> float:
+    if type(v) is float:
+        return v
+    if type(v) is int:
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            pass
+    raise RowError(path, f"Cannot convert value {v!r} to float for field {path}.")
+
+
+def _bool(v: Any, path: str) -> bool:
+    if type(v) is bool:
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        return v.strip().lower() in ("true", "1")
+    if type(v) is int and v in (0, 1):
+        return bool(v)
+    raise RowError(path, f"Cannot convert value {v!r} to boolean for field {path}.")
+
+
+def _string(v: Any, path: str) -> str:
+    if type(v) is str:
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    raise RowError(path, f"Cannot convert value {v!r} to string for field {path}.")
+
+
+def _bytes(v: Any, path: str) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        try:
+            return base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise RowError(path, f"Field {path} is BYTES: send base64 text, not {v!r}.")
+
+
+def _numeric(v: Any, path: str) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str, Decimal)):
+        raise RowError(path, f"Cannot convert value {v!r} to NUMERIC for field {path}.")
+    try:
+        d = Decimal(str(v).strip())
+    except InvalidOperation:
+        raise RowError(path, f"Cannot convert value {v!r} to NUMERIC for field {path}.") from None
+    if not d.is_finite() or abs(d) >= _NUMERIC_MAX:
+        raise RowError(path, f"Value {v!r} is out of range for NUMERIC field {path}.")
+    return d.quantize(_NUMERIC_Q)
+
+
+def parse_timestamp_micros(v: Any, path: str = "value") -> int:
+    """Microseconds since the epoch for a BigQuery TIMESTAMP literal or epoch seconds."""
+    if isinstance(v, bool):
+        raise RowError(path, f"Cannot convert value {v!r} to TIMESTAMP for field {path}.")
+    if isinstance(v, (int, float)):
+        if not math.isfinite(v):
+            raise RowError(path, f"Cannot convert value {v!r} to TIMESTAMP for field {path}.")
+        return round(v * 1_000_000)
+    if isinstance(v, dt.datetime):
+        d = v
+    elif isinstance(v, str):
+        s = v.strip()
+        if s.endswith(" UTC"):
+            s = s[:-4]
+        try:
+            d = dt.datetime.fromisoformat(s)
+        except ValueError:
+            try:
+                return round(float(s) * 1_000_000)
+            except ValueError:
+                raise RowError(
+                    path,
+                    f"Cannot convert value {v!r} to TIMESTAMP for field {path}: "
+                    "use 'YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]' or epoch seconds.",
+                ) from None
+    else:
+        raise RowError(path, f"Cannot convert value {v!r} to TIMESTAMP for field {path}.")
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.UTC)
+    return (d - _EPOCH) // _US
+
+
+def _timestamp(v: Any, path: str) -> int:
+    return parse_timestamp_micros(v, path)
+
+
+def _iso(kind: str, parse: Callable[[str], Any]) -> Conv:
+    def conv(v: Any, path: str) -> Any:
+        if isinstance(v, str):
+            try:
+                return parse(v.strip().replace(" ", "T", 1) if kind == "DATETIME" else v.strip())
+            except ValueError:
+                pass
+        raise RowError(path, f"Cannot convert value {v!r} to {kind} for field {path}.")
+
+    return conv
+
+
+def _datetime_parse(s: str) -> dt.datetime:
+    d = dt.datetime.fromisoformat(s)
+    if d.tzinfo is not None:
+        raise ValueError("DATETIME has no time zone")
+    return d
+
+
+def _json(v: Any, path: str) -> str:
+    if isinstance(v, str):
+        try:
+            orjson.loads(v)
+            return v
+        except orjson.JSONDecodeError:
+            return orjson.dumps(v).decode()
+    return orjson.dumps(v).decode()
+
+
+_SCALARS: dict[str, Conv] = {
+    "INTEGER": _int,
+    "FLOAT": _float,
+    "BOOLEAN": _bool,
+    "STRING": _string,
+    "BYTES": _bytes,
+    "NUMERIC": _numeric,
+    "BIGNUMERIC": _numeric,
+    "TIMESTAMP": _timestamp,
+    "DATE": _iso("DATE", dt.date.fromisoformat),
+    "TIME": _iso("TIME", dt.time.fromisoformat),
+    "DATETIME": _iso("DATETIME", _datetime_parse),
+    "GEOGRAPHY": _string,
+    "JSON": _json,
+}
+
+
+class RowConverter:
+    """Converts JSON rows for one table schema; build once per schema and reuse."""
+
+    def __init__(self, schema: list[Field], *, ignore_unknown: bool = False) -> None:
+        self.schema = schema
+        self.ignore_unknown = ignore_unknown
+        self.names = [f["name"] for f in schema]
+        self.arrow_types = [arrow_type(f) for f in schema]
+        self._convs = [self._field_conv(f, ignore_unknown) for f in schema]
+        self._known = frozenset(self.names)
+        self._lower = {n.lower(): n for n in self.names}
+
+    def _field_conv(self, field: Field, ignore_unknown: bool) -> Conv:
+        legacy = legacy_type(field["type"])
+        mode = field.get("mode", "NULLABLE")
+        name = field["name"]
+        if legacy == "RECORD":
+            sub = RowConverter(field["fields"], ignore_unknown=ignore_unknown)
+
+            def record(v: Any, path: str) -> Any:
+                if not isinstance(v, dict):
+                    raise RowError(path, f"Field {path} is a RECORD: expected a JSON object, got {v!r}.")
+                return sub.convert_one(v, path + ".")
+
+            scalar: Conv = record
+        else:
+            scalar = _SCALARS[legacy]
+        if mode == "REPEATED":
+
+            def repeated(v: Any, path: str) -> Any:
+                if v is None:
+                    return []
+                if not isinstance(v, list):
+                    raise RowError(path, f"Field {path} is REPEATED: expected a JSON array, got {v!r}.")
+                out = []
+                for i, item in enumerate(v):
+                    if item is None:
+                        raise RowError(f"{path}[{i}]", f"Array field {path} cannot contain a NULL element.")
+                    out.append(scalar(item, f"{path}[{i}]"))
+                return out
+
+            return repeated
+        if mode == "REQUIRED":
+
+            def required(v: Any, path: str) -> Any:
+                if v is None:
+                    raise RowError(path, f"Missing required field: {path}.")
+                return scalar(v, path)
+
+            return required
+
+        def nullable(v: Any, path: str) -> Any:
+            return None if v is None else scalar(v, path)
+
+        del name
+        return nullable
+
+    def _canonical(self, row: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """Map keys case-insensitively onto field names; unknown keys are errors unless ignored."""
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            name = self._lower.get(key.lower()) if isinstance(key, str) else None
+            if name is None:
+                if self.ignore_unknown:
+                    continue
+                raise RowError(prefix + str(key), f"no such field: {prefix}{key}.")
+            out[name] = value
+        return out
+
+    def convert_one(self, row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        if not self._known.issuperset(row):
+            row = self._canonical(row, prefix)
+        get = row.get
+        return {
+            name: conv(get(name), prefix + name) for name, conv in zip(self.names, self._convs, strict=True)
+        }
+
+    def convert(self, rows: list[Any]) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
+        """(converted rows, their indexes in `rows`, insert errors for the others)."""
+        good: list[dict[str, Any]] = []
+        kept: list[int] = []
+        errors: list[dict[str, Any]] = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                errors.append(_error(index, "", f"Row {index} is not a JSON object."))
+                continue
+            try:
+                good.append(self.convert_one(row))
+                kept.append(index)
+            except RowError as exc:
+                errors.append(_error(index, exc.location, exc.message))
+        return good, kept, errors
+
+    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
+        columns = [
+            pa.array([r[name] for r in rows], type=t)
+            for name, t in zip(self.names, self.arrow_types, strict=True)
+        ]
+        return pa.Table.from_arrays(columns, names=self.names)
+
+
+def _error(index: int, location: str, message: str) -> dict[str, Any]:
+    return {"index": index, "errors": [{"reason": "invalid", "location": location, "message": message}]}
+
+
+def stopped_error(index: int) -> dict[str, Any]:
+    """The error BigQuery reports for a good row not inserted because another row failed."""
+    return {"index": index, "errors": [{"reason": "stopped", "location": "", "message": ""}]}

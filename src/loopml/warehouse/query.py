@@ -1,0 +1,290 @@
+"""Running GoogleSQL statements on DuckDB: dispatch by statement type, DDL/DML bookkeeping, errors.
+
+Each statement is offered to the registered statement handlers first (raw text plus the parsed
+tree, or None when sqlglot cannot parse it: that is how `CREATE MODEL` reaches BigQuery ML).
+Then table-function calls are substituted, names are resolved against the catalog, the tree is
+rewritten for DuckDB and executed with bound parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from loopml.errors import AlreadyExists, InvalidQuery, LoopmlError, NotFound
+from loopml.warehouse import translate
+from loopml.warehouse.schema import quote_ident, schema_from_arrow
+from loopml.warehouse.types import QueryContext, QueryResult, TableFunctionArgs
+
+if TYPE_CHECKING:
+    from loopml.warehouse.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+_DML = {exp.Insert: "INSERT", exp.Update: "UPDATE", exp.Delete: "DELETE", exp.Merge: "MERGE"}
+
+
+def run(
+    wh: Warehouse,
+    sql: str,
+    *,
+    project: str,
+    default_dataset: str | None = None,
+    params: dict[str, Any] | list[Any] | None = None,
+) -> QueryResult:
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidQuery("Syntax error: the query is empty.")
+    ctx = QueryContext(warehouse=wh, project=project, default_dataset=default_dataset, params=params)
+    statements = translate.split_statements(sql)
+    result: QueryResult | None = None
+    for stmt in statements:
+        result = _run_statement(wh, stmt, sql, ctx)
+    assert result is not None
+    if len(statements) > 1:
+        result.statement_type = "SCRIPT" if result.statement_type != "SELECT" else "SELECT"
+    return result
+
+
+def _run_statement(wh: Warehouse, stmt: translate.Statement, script: str, ctx: QueryContext) -> QueryResult:
+    parsed, error = translate.try_parse(stmt.text)
+    for handler in wh.statement_handlers:
+        handled = handler(stmt.text, parsed, ctx)
+        if handled is not None:
+            return handled
+    names = set(wh.table_functions)
+    text, calls = translate.extract_table_functions(
+        stmt.text, names, lambda parts, kind: ctx.resolve(parts, kind)
+    )
+    if calls:
+        parsed, error = translate.try_parse(text)
+    if parsed is None:
+        assert error is not None
+        raise translate.parse_error_to_invalid(error, script, stmt.offset)
+    return _execute(wh, parsed, calls, ctx, script, stmt)
+
+
+def _resolve_tables(
+    wh: Warehouse, tree: exp.Expression, ctx: QueryContext, *, skip_missing: bool = False
+) -> None:
+    ctes = translate.cte_names(tree)
+    for table in list(tree.find_all(exp.Table)):
+        if not isinstance(table.this, exp.Identifier):
+            continue
+        name = table.name
+        if not table.args.get("db") and (
+            name.lower() in ctes or name.startswith(translate.PLACEHOLDER_PREFIX)
+        ):
+            continue
+        parts = [
+            p.name for p in (table.args.get("catalog"), table.args.get("db"), table.this) if p is not None
+        ]
+        p, d, t = ctx.resolve(parts, "table")
+        if not skip_missing and not wh.table_exists(p, d, t):
+            wh.get_dataset(p, d)
+            raise NotFound(f"Not found: Table {p}:{d}.{t} was not found in location US")
+        table.set("catalog", None)
+        table.set("db", exp.to_identifier(f"{p}.{d}", quoted=True))
+        table.set("this", exp.to_identifier(t, quoted=True))
+
+
+def _target(tree: exp.Expression, ctx: QueryContext) -> tuple[str, str, str]:
+    node = tree.this
+    if isinstance(node, exp.Schema):
+        node = node.this
+    if not isinstance(node, exp.Table):
+        raise InvalidQuery(f"Cannot find the target table of {tree.key.upper()}.")
+    parts = [p.name for p in (node.args.get("catalog"), node.args.get("db"), node.this) if p is not None]
+    return ctx.resolve(parts, "table")
+
+
+def _bind_params(tree: exp.Expression, ctx: QueryContext) -> dict[str, Any] | list[Any] | None:
+    named = {str(p.name).lower() for p in tree.find_all(exp.Parameter)}
+    positional = sum(1 for _ in tree.find_all(exp.Placeholder))
+    params = ctx.params
+    if named and positional:
+        raise InvalidQuery("Query mixes named (@x) and positional (?) parameters.")
+    if named:
+        given = {str(k).lower(): v for k, v in params.items()} if isinstance(params, dict) else {}
+        missing = sorted(named - set(given))
+        if missing:
+            raise InvalidQuery(f"Query parameter '{missing[0]}' not found")
+        for node in tree.find_all(exp.Parameter):
+            node.set("this", exp.var(str(node.name).lower()))
+        return {k: given[k] for k in named}
+    if positional:
+        values = list(params) if isinstance(params, list) else []
+        if len(values) != positional:
+            raise InvalidQuery(f"Query has {positional} positional parameters but {len(values)} were given.")
+        return values
+    return None
+
+
+def _execute(
+    wh: Warehouse,
+    tree: exp.Expression,
+    calls: list[translate.TableFunctionCall],
+    ctx: QueryContext,
+    script: str,
+    stmt: translate.Statement,
+) -> QueryResult:
+    if isinstance(tree, exp.Export):
+        from loopml.warehouse.export import export_data
+
+        select = tree.this
+        inner = _execute(wh, select, calls, ctx, script, stmt)
+        return export_data(wh, tree, inner)
+    if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "SCHEMA":
+        return _create_schema(wh, tree, ctx)
+    if isinstance(tree, exp.Drop):
+        return _drop(wh, tree, ctx)
+    if not isinstance(tree, (exp.Query, exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+        raise InvalidQuery(f"Statement type {tree.key.upper()} is not supported by loopml.")
+
+    target: tuple[str, str, str] | None = None
+    if isinstance(tree, exp.Create):
+        kind = str(tree.args.get("kind", "")).upper()
+        if kind not in ("TABLE", "VIEW"):
+            raise InvalidQuery(f"CREATE {kind} is not supported by loopml.")
+        target = _target(tree, ctx)
+        wh.get_dataset(target[0], target[1])
+        fresh = not tree.args.get("replace") and not tree.args.get("exists")
+        if kind == "TABLE" and fresh and wh.table_exists(*target):
+            raise AlreadyExists("Already Exists: Table {}:{}.{}".format(*target))
+    elif not isinstance(tree, exp.Query):
+        target = _target(tree, ctx)
+    _resolve_tables(wh, tree, ctx, skip_missing=isinstance(tree, exp.Create))
+    translate.rewrite_functions(tree)
+    params = _bind_params(tree, ctx)
+    cur = wh.cursor()
+    registered = _run_table_functions(wh, cur, tree, calls, ctx)
+    try:
+        sql = tree.sql("duckdb")
+        if isinstance(tree, exp.Query):
+            try:
+                arrow = cur.sql(sql, params=params).to_arrow_table()
+            except duckdb.Error as exc:
+                raise _duckdb_error(exc, script, stmt) from exc
+            return QueryResult(schema=schema_from_arrow(arrow.schema), table=arrow, statement_type="SELECT")
+        with wh.write_lock:
+            try:
+                rows = cur.execute(sql, params).fetchall()
+            except duckdb.Error as exc:
+                raise _duckdb_error(exc, script, stmt) from exc
+            assert target is not None
+            if isinstance(tree, exp.Create):
+                kind = str(tree.args.get("kind", "")).upper()
+                if kind == "TABLE":
+                    wh.record_table(*target)
+                wh.invalidate()
+                as_select = tree.expression is not None
+                stype = "CREATE_TABLE_AS_SELECT" if as_select and kind == "TABLE" else f"CREATE_{kind}"
+                return QueryResult.empty(stype, destination=target, ddl_operation="CREATE")
+            affected = int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
+            return QueryResult.empty(_DML[type(tree)], num_dml_affected_rows=affected, destination=target)
+    finally:
+        for name in registered:
+            cur.unregister(name)
+
+
+def _run_table_functions(
+    wh: Warehouse,
+    cur: duckdb.DuckDBPyConnection,
+    tree: exp.Expression,
+    calls: list[translate.TableFunctionCall],
+    ctx: QueryContext,
+) -> list[str]:
+    registered: list[str] = []
+    by_placeholder = {c.placeholder: c for c in calls}
+    for table in list(tree.find_all(exp.Table)):
+        call = by_placeholder.get(table.name) if not table.args.get("db") else None
+        if call is None:
+            continue
+        fn = wh.table_functions[call.name]
+        args = TableFunctionArgs(
+            name=call.name,
+            model=call.model,
+            query=call.query,
+            table=call.table,
+            options=call.options,
+            args=call.args,
+        )
+        result = fn(args, ctx)
+        if isinstance(result, QueryResult):
+            result = result.table
+        if not isinstance(result, pa.Table):
+            raise InvalidQuery(f"{call.name} returned no table.")
+        name = f"__tf_{uuid.uuid4().hex}"
+        cur.register(name, result)
+        registered.append(name)
+        if not table.alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(call.name.split(".")[-1].lower())))
+        table.set("this", exp.to_identifier(name, quoted=True))
+    return registered
+
+
+def _create_schema(wh: Warehouse, tree: exp.Create, ctx: QueryContext) -> QueryResult:
+    node = tree.this
+    parts = [p.name for p in (node.args.get("catalog"), node.args.get("db"), node.this) if p is not None]
+    parts = [p for p in parts if p]
+    project, dataset = (parts if len(parts) == 2 else [ctx.project, parts[-1]])[-2:]
+    wh.create_dataset(project, dataset, exists_ok=bool(tree.args.get("exists")))
+    return QueryResult.empty("CREATE_SCHEMA", ddl_operation="CREATE")
+
+
+def _drop(wh: Warehouse, tree: exp.Drop, ctx: QueryContext) -> QueryResult:
+    kind = str(tree.args.get("kind", "")).upper()
+    if_exists = bool(tree.args.get("exists"))
+    node = tree.this
+    parts = [p.name for p in (node.args.get("catalog"), node.args.get("db"), node.this) if p is not None]
+    parts = [p for p in parts if p]
+    if kind == "SCHEMA":
+        project, dataset = (parts if len(parts) == 2 else [ctx.project, parts[-1]])[-2:]
+        try:
+            wh.delete_dataset(project, dataset, delete_contents=bool(tree.args.get("cascade")))
+        except NotFound:
+            if not if_exists:
+                raise
+        return QueryResult.empty("DROP_SCHEMA", ddl_operation="DROP")
+    if kind not in ("TABLE", "VIEW"):
+        raise InvalidQuery(f"DROP {kind} is not supported by loopml.")
+    target = ctx.resolve(parts, "table")
+    try:
+        wh.delete_table(*target)
+    except NotFound:
+        if not if_exists:
+            raise
+    return QueryResult.empty(f"DROP_{kind}", destination=target, ddl_operation="DROP")
+
+
+_LINE_RE = re.compile(r"\n?LINE \d+:.*", re.S)
+_COLUMN_RE = re.compile(r'Referenced column "?([^"\s]+)"? not found')
+
+
+def _duckdb_error(exc: duckdb.Error, script: str, stmt: translate.Statement) -> LoopmlError:
+    """A 400 naming the problem (and its position in the user's text when we can find it)."""
+    message = _LINE_RE.sub("", str(exc)).strip()
+    message = message.replace("_loopml", "catalog")
+    message = re.sub(r'"__tf_[0-9a-f]+"|__tf_[0-9a-f]+', "table function", message)
+    where = ""
+    m = _COLUMN_RE.search(message)
+    if m:
+        name = m.group(1)
+        message = f"Unrecognized name: {name}"
+        hit = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", stmt.text)
+        if hit:
+            line, col = translate.position(script, stmt.offset + hit.start())
+            where = f" at [{line}:{col}]"
+    message = re.sub(
+        r"^(Binder|Parser|Conversion|Catalog|Invalid Input|Not implemented) Error: ", "", message
+    )
+    return InvalidQuery(f"{message}{where}")
+
+
+def quote_table(project: str, dataset: str, table: str) -> str:
+    return f"{quote_ident(f'{project}.{dataset}')}.{quote_ident(table)}"

@@ -1,0 +1,255 @@
+"""GoogleSQL text → DuckDB: statement splitting, table-function extraction, name resolution.
+
+Positions reported to users are always positions in the text they sent: statements are split on
+top-level semicolons with sqlglot's tokenizer, and table-function calls (`ML.PREDICT(...)`) are
+replaced by a placeholder padded to the same length, with the same line breaks, so a parse error
+after the substitution still points at the right line and column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.dialects.bigquery import BigQuery
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
+
+from loopml.errors import InvalidQuery
+
+_DIALECT = BigQuery()
+PLACEHOLDER_PREFIX = "__tf"
+
+
+@dataclasses.dataclass
+class Statement:
+    text: str
+    offset: int
+    """Offset of the statement in the whole script (for error positions)."""
+
+
+@dataclasses.dataclass
+class TableFunctionCall:
+    """A table-valued function call found in a statement, e.g. `ML.PREDICT(MODEL m, (SELECT ...))`."""
+
+    name: str
+    placeholder: str
+    model: tuple[str, str, str] | None = None
+    query: str | None = None
+    table: tuple[str, str, str] | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    args: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def model_name(self) -> str | None:
+        return ".".join(self.model) if self.model else None
+
+
+def position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of an offset."""
+    before = text[:offset]
+    line = before.count("\n") + 1
+    col = offset - (before.rfind("\n") + 1) + 1
+    return line, col
+
+
+def tokenize(text: str, *, base: str | None = None, offset: int = 0) -> list[Token]:
+    try:
+        return list(_DIALECT.tokenize(text))
+    except TokenError as exc:
+        raise InvalidQuery(f"Syntax error: {exc}") from exc
+
+
+def split_statements(sql: str) -> list[Statement]:
+    tokens = tokenize(sql)
+    out: list[Statement] = []
+    start = 0
+    for tok in tokens:
+        if tok.token_type == TokenType.SEMICOLON:
+            if sql[start : tok.start].strip():
+                out.append(Statement(sql[start : tok.start], start))
+            start = tok.end + 1
+    if sql[start:].strip():
+        out.append(Statement(sql[start:], start))
+    if not out:
+        raise InvalidQuery("Syntax error: the query is empty.")
+    return out
+
+
+def parse_error_to_invalid(exc: ParseError, script: str, offset: int) -> InvalidQuery:
+    """An InvalidQuery naming the line and column in the user's script."""
+    errors = getattr(exc, "errors", None) or []
+    first = errors[0] if errors else {}
+    desc = str(first.get("description") or exc).split("<Token")[0].strip().rstrip(":")
+    line, col = first.get("line"), first.get("col")
+    if isinstance(line, int) and isinstance(col, int):
+        highlight = str(first.get("highlight") or "")
+        stmt_line, stmt_col = position(script, offset)
+        abs_line = stmt_line + line - 1
+        start_col = col - len(highlight) + 1 if highlight else col
+        abs_col = start_col + (stmt_col - 1 if line == 1 else 0)
+        got = f" near {highlight!r}" if highlight else ""
+        return InvalidQuery(f"Syntax error: {desc}{got} at [{abs_line}:{abs_col}]")
+    return InvalidQuery(f"Syntax error: {desc}")
+
+
+def try_parse(text: str) -> tuple[exp.Expression | None, ParseError | None]:
+    try:
+        parsed = sqlglot.parse(text, read="bigquery")
+    except ParseError as exc:
+        return None, exc
+    except TokenError as exc:
+        return None, ParseError(str(exc))
+    statements = [p for p in parsed if isinstance(p, exp.Expression)]
+    if len(statements) != 1:
+        return None, ParseError("expected exactly one statement")
+    return statements[0], None
+
+
+def _ident_parts(tokens: list[Token]) -> list[str]:
+    parts: list[str] = []
+    for tok in tokens:
+        if tok.token_type == TokenType.DOT:
+            continue
+        parts.extend(p for p in tok.text.split(".") if p)
+    return parts
+
+
+def _literal(node: exp.Expression) -> Any:
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Null):
+        return None
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.this
+        text = str(node.this)
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    if isinstance(node, exp.Neg):
+        value = _literal(node.this)
+        return -value if isinstance(value, (int, float)) else node.sql("bigquery")
+    if isinstance(node, exp.Array):
+        return [_literal(e) for e in node.expressions]
+    if isinstance(node, exp.Tuple):
+        return [_literal(e) for e in node.expressions]
+    return node.sql("bigquery")
+
+
+def struct_options(text: str) -> dict[str, Any]:
+    """`STRUCT(0.02 AS contamination, TRUE AS standardize)` → {"contamination": 0.02, ...}."""
+    try:
+        node = sqlglot.parse_one("SELECT " + text, read="bigquery")
+    except ParseError as exc:
+        raise InvalidQuery(f"Syntax error in STRUCT argument {text!r}: {exc}") from exc
+    struct = node.expressions[0] if node.expressions else None
+    if not isinstance(struct, exp.Struct):
+        raise InvalidQuery(f"Expected STRUCT(... AS name) options, got {text!r}.")
+    out: dict[str, Any] = {}
+    for item in struct.expressions:
+        if isinstance(item, (exp.PropertyEQ, exp.EQ)):
+            out[str(item.this.name).lower()] = _literal(item.expression)
+        elif isinstance(item, exp.Alias):
+            out[str(item.alias).lower()] = _literal(item.this)
+        else:
+            raise InvalidQuery(
+                f"Each STRUCT option needs a name (`value AS name`), got {item.sql('bigquery')!r}."
+            )
+    return out
+
+
+def extract_table_functions(
+    text: str,
+    names: set[str],
+    resolve: Any,
+) -> tuple[str, list[TableFunctionCall]]:
+    """Replace each call of a registered table function by a same-length placeholder."""
+    tokens = tokenize(text)
+    calls: list[TableFunctionCall] = []
+    pieces: list[str] = []
+    last = 0
+    i = 0
+    while i < len(tokens) - 3:
+        a, dot, b, lp = tokens[i : i + 4]
+        if not (
+            dot.token_type == TokenType.DOT
+            and lp.token_type == TokenType.L_PAREN
+            and a.token_type in (TokenType.VAR, TokenType.IDENTIFIER)
+            and f"{a.text}.{b.text}".upper() in names
+        ):
+            i += 1
+            continue
+        depth, j = 0, i + 3
+        args: list[list[Token]] = [[]]
+        while j < len(tokens):
+            tt = tokens[j].token_type
+            if tt == TokenType.L_PAREN:
+                depth += 1
+                if depth == 1:
+                    j += 1
+                    continue
+            elif tt == TokenType.R_PAREN:
+                depth -= 1
+                if depth == 0:
+                    break
+            elif tt == TokenType.COMMA and depth == 1:
+                args.append([])
+                j += 1
+                continue
+            args[-1].append(tokens[j])
+            j += 1
+        if depth != 0:
+            line, col = position(text, lp.start)
+            raise InvalidQuery(f"Syntax error: unclosed parenthesis of {a.text}.{b.text} at [{line}:{col}]")
+        end = tokens[j].end + 1
+        placeholder = f"{PLACEHOLDER_PREFIX}{len(calls)}"
+        call = TableFunctionCall(name=f"{a.text}.{b.text}".upper(), placeholder=placeholder)
+        for arg in args:
+            if not arg:
+                continue
+            raw = text[arg[0].start : arg[-1].end + 1]
+            call.args.append(raw)
+            head = arg[0].token_type
+            if head == TokenType.MODEL:
+                call.model = resolve(_ident_parts(arg[1:]), "model")
+            elif head == TokenType.TABLE:
+                call.table = resolve(_ident_parts(arg[1:]), "table")
+                call.query = "SELECT * FROM `{}`".format(".".join(call.table))
+            elif head == TokenType.L_PAREN and arg[-1].token_type == TokenType.R_PAREN:
+                call.query = text[arg[0].end + 1 : arg[-1].start]
+            elif head == TokenType.STRUCT:
+                call.options.update(struct_options(raw))
+        span = text[a.start : end]
+        pad = "".join("\n" if ch == "\n" else " " for ch in span[len(placeholder) :])
+        if len(span) < len(placeholder):  # pragma: no cover - calls are always longer
+            pad = ""
+        pieces.append(text[last : a.start])
+        pieces.append(placeholder + pad)
+        last = end
+        calls.append(call)
+        i = j + 1
+    pieces.append(text[last:])
+    return "".join(pieces), calls
+
+
+def cte_names(tree: exp.Expression) -> set[str]:
+    return {str(cte.alias).lower() for cte in tree.find_all(exp.CTE)}
+
+
+def rewrite_functions(tree: exp.Expression) -> exp.Expression:
+    """BigQuery semantics DuckDB spells differently (DAYOFWEEK is 1 = Sunday in BigQuery)."""
+
+    def fix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Extract) and isinstance(node.this, exp.Var):
+            unit = str(node.this.this).upper()
+            if unit == "DAYOFWEEK":
+                return exp.Paren(this=exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
+        if isinstance(node, exp.TableSample) and str(node.args.get("method") or "").upper() == "SYSTEM":
+            node.set("method", exp.var("BERNOULLI"))
+        return node
+
+    return tree.transform(fix, copy=False)
