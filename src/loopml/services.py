@@ -25,6 +25,19 @@ def get(platform: Platform, name: str, kind: type[T]) -> T:
 def build(platform: Platform) -> None:
     """Construct every service. Keep one block per subsystem, in dependency order."""
     # -- registry (models, versions, aliases, endpoints' stored state) ---------------------
+    from loopml.registry.endpoints import EndpointService
+    from loopml.registry.evaluations import EvaluationService
+    from loopml.registry.operations import OperationStore
+    from loopml.registry.service import RegistryService
+
+    platform.services["operations"] = OperationStore(platform.db)
+    platform.services["registry"] = RegistryService(
+        platform.db, platform.artifacts, platform.services["operations"]
+    )
+    platform.services["evaluations"] = EvaluationService(platform.db)
+    platform.services["endpoints"] = EndpointService(
+        platform.db, platform.services["registry"], platform.services["operations"], platform.services
+    )
     # -- ingest / warehouse / sqlml ---------------------------------------------------------
     # ingest (INGEST): the warehouse and serving are looked up lazily (built later, or absent)
     from loopml.ingest import IngestService
@@ -50,4 +63,6 @@ def build(platform: Platform) -> None:
 
     platform.services["training"] = training.build(platform)
     # -- serving ----------------------------------------------------------------------------
+    # -- replay stored endpoints into the serving backend (after every service is built) -----
+    platform.on_start("endpoints-replay", platform.services["endpoints"].replay)
     return None

@@ -1,0 +1,485 @@
+"""Endpoints: stored state of endpoints, deployed models and traffic splits.
+
+Every change is one metadata transaction, committed first and then pushed to the serving
+backend (`platform.services["serving"]`, looked up lazily). If the backend fails to deploy, the
+stored deployment is rolled back so the two stores agree. At server start `replay()` pushes
+every stored endpoint and deployment into the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from loopml.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LoopmlError,
+    NotFound,
+    Unavailable,
+)
+from loopml.metadata import Database
+from loopml.metadata.tables import DeployedModelRow, EndpointRow, ModelVersionRow
+from loopml.refs import (
+    ENDPOINT_ID_RE,
+    check,
+    check_parent,
+    new_deployed_model_id,
+    new_endpoint_id,
+    now,
+    rfc3339,
+)
+from loopml.registry import deployments as dep
+from loopml.registry import store
+from loopml.registry.endpoint_updates import EndpointUpdates
+from loopml.registry.frameworks import supported_deployment_types
+from loopml.registry.listing import paginate
+from loopml.registry.operations import EMPTY_TYPE, OperationStore, typed
+from loopml.registry.service import RegistryService
+from loopml.registry.traffic import parse_split, split_for_deploy, split_for_undeploy
+from loopml.registry.validation import labels as check_labels
+from loopml.registry.validation import opt_str
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_FIELDS = {"displayName", "description", "labels", "predictRequestResponseLoggingConfig"}
+ENDPOINT_OUTPUT_ONLY = {
+    "name",
+    "createTime",
+    "updateTime",
+    "etag",
+    "deployedModels",
+    "trafficSplit",
+    "modelDeploymentMonitoringJob",
+    "dedicatedEndpointDns",
+}
+
+
+class EndpointService(EndpointUpdates):
+    def __init__(
+        self,
+        db: Database,
+        registry: RegistryService,
+        operations: OperationStore,
+        services: MutableMapping[str, Any],
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.operations = operations
+        self._services = services
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def serving(self) -> Any | None:
+        return self._services.get("serving")
+
+    def _require_serving(self) -> Any:
+        backend = self.serving()
+        if backend is None:
+            raise Unavailable("serving runtime not configured: this server cannot deploy models.")
+        return backend
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _endpoint_row(self, session: Session, project: str, location: str, endpoint_id: str) -> EndpointRow:
+        check_parent(project, location)
+        check(ENDPOINT_ID_RE, endpoint_id, "endpoint id")
+        row = session.scalars(
+            select(EndpointRow)
+            .where(
+                EndpointRow.project == project,
+                EndpointRow.location == location,
+                EndpointRow.endpoint_id == endpoint_id,
+            )
+            .options(
+                selectinload(EndpointRow.deployed_models)
+                .selectinload(DeployedModelRow.model_version)
+                .selectinload(ModelVersionRow.model)
+            )
+        ).first()
+        if row is None:
+            raise NotFound(
+                f"Endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id} not found."
+            )
+        return row
+
+    def _status(self, dm_id: str) -> dict[str, Any]:
+        backend = self.serving()
+        count = 0
+        message = ""
+        if backend is not None:
+            try:
+                st = backend.status(dm_id) or {}
+                count = int(st.get("availableReplicaCount", 0))
+                message = str(st.get("message", ""))
+            except Exception as exc:  # status is informative only
+                log.debug("status of %s failed: %s", dm_id, exc)
+        out: dict[str, Any] = {"availableReplicaCount": count, "lastUpdateTime": rfc3339(now())}
+        if message:
+            out["message"] = message
+        return out
+
+    def _json(self, row: EndpointRow, *, with_status: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = dict(row.extra or {})
+        body.update(
+            {
+                "name": dep.endpoint_name(row),
+                "displayName": row.display_name,
+                "description": row.description or "",
+                "labels": dict(row.labels or {}),
+                "createTime": rfc3339(row.create_time),
+                "updateTime": rfc3339(row.update_time),
+                "etag": row.etag,
+                "deployedModels": [
+                    dep.deployed_model_json(
+                        dm,
+                        self._status(dm.deployed_model_id) if with_status else {"availableReplicaCount": 0},
+                    )
+                    for dm in row.deployed_models
+                ],
+                "trafficSplit": {k: int(v) for k, v in (row.traffic_split or {}).items()},
+            }
+        )
+        if row.logging_config:
+            body["predictRequestResponseLoggingConfig"] = dict(row.logging_config)
+        return body
+
+    @staticmethod
+    def _touch(row: EndpointRow) -> None:
+        row.update_time = now()
+        row.etag = secrets.token_hex(8)
+
+    # -- create / read -----------------------------------------------------------------------
+    def create_endpoint(
+        self, project: str, location: str, body: Any, endpoint_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create an endpoint; returns the finished Operation (response: the Endpoint)."""
+        check_parent(project, location)
+        if not isinstance(body, dict):
+            raise InvalidArgument("Request body must be an Endpoint JSON object.")
+        display_name = opt_str(body, "displayName", "endpoint")
+        if not display_name.strip():
+            raise InvalidArgument("endpoint.displayName is required.")
+        if body.get("deployedModels"):
+            raise InvalidArgument(
+                "endpoint.deployedModels is output only: create the endpoint, then deployModel."
+            )
+        logging_config = self._logging_config(body.get("predictRequestResponseLoggingConfig"))
+        with self.db.session() as session:
+            if endpoint_id:
+                check(ENDPOINT_ID_RE, endpoint_id, "endpointId")
+                if self._find(session, project, location, endpoint_id) is not None:
+                    raise AlreadyExists(
+                        f"Endpoint projects/{project}/locations/{location}/endpoints/{endpoint_id} already exists."
+                    )
+            else:
+                endpoint_id = new_endpoint_id()
+                while self._find(session, project, location, endpoint_id) is not None:
+                    endpoint_id = new_endpoint_id()
+            ts = now()
+            row = EndpointRow(
+                project=project,
+                location=location,
+                endpoint_id=endpoint_id,
+                display_name=display_name,
+                description=opt_str(body, "description", "endpoint"),
+                labels=check_labels(body.get("labels"), "endpoint.labels"),
+                traffic_split={},
+                logging_config=logging_config,
+                extra={
+                    k: v
+                    for k, v in body.items()
+                    if k not in ENDPOINT_FIELDS and k not in ENDPOINT_OUTPUT_ONLY
+                },
+                etag=secrets.token_hex(8),
+                create_time=ts,
+                update_time=ts,
+            )
+            session.add(row)
+            session.flush()
+            spec = dep.endpoint_spec(row)
+            result = self._json(row, with_status=False)
+            op = self.operations.record(session, result["name"], response=typed("Endpoint", result))
+        self._push(lambda b: b.set_endpoint(spec))
+        return op
+
+    @staticmethod
+    def _find(session: Session, project: str, location: str, endpoint_id: str) -> EndpointRow | None:
+        return session.scalars(
+            select(EndpointRow).where(
+                EndpointRow.project == project,
+                EndpointRow.location == location,
+                EndpointRow.endpoint_id == endpoint_id,
+            )
+        ).first()
+
+    @staticmethod
+    def _logging_config(value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise InvalidArgument("predictRequestResponseLoggingConfig must be an object.")
+        if "enabled" in value and not isinstance(value["enabled"], bool):
+            raise InvalidArgument("predictRequestResponseLoggingConfig.enabled must be a boolean.")
+        rate = value.get("samplingRate")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1
+        ):
+            raise InvalidArgument("predictRequestResponseLoggingConfig.samplingRate must be in (0, 1].")
+        dest = value.get("bigqueryDestination")
+        if dest is not None and (
+            not isinstance(dest, dict) or not isinstance(dest.get("outputUri", ""), str)
+        ):
+            raise InvalidArgument(
+                "predictRequestResponseLoggingConfig.bigqueryDestination.outputUri must be a string."
+            )
+        return dict(value)
+
+    def get_endpoint(self, project: str, location: str, endpoint_id: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            return self._json(self._endpoint_row(session, project, location, endpoint_id))
+
+    def list_endpoints(
+        self,
+        project: str,
+        location: str,
+        *,
+        filter: str | None = None,
+        order_by: str | None = None,
+        page_size: Any = None,
+        page_token: str | None = None,
+    ) -> dict[str, Any]:
+        check_parent(project, location)
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(EndpointRow)
+                .where(EndpointRow.project == project, EndpointRow.location == location)
+                .options(
+                    selectinload(EndpointRow.deployed_models)
+                    .selectinload(DeployedModelRow.model_version)
+                    .selectinload(ModelVersionRow.model)
+                )
+                .order_by(EndpointRow.pk)
+            ).all()
+            items = [self._json(r) for r in rows]
+        page, token = paginate(
+            items,
+            filter_text=filter,
+            order_by=order_by,
+            page_size=page_size,
+            page_token=page_token,
+            id_key="endpoint_id",
+        )
+        out: dict[str, Any] = {"endpoints": page}
+        if token:
+            out["nextPageToken"] = token
+        return out
+
+    # -- deploy ------------------------------------------------------------------------------
+    def deploy_model(self, project: str, location: str, endpoint_id: str, body: Any) -> dict[str, Any]:
+        """`:deployModel`; returns the Operation (DeployModelResponse, or the backend's error)."""
+        if not isinstance(body, dict) or not isinstance(body.get("deployedModel"), dict):
+            raise InvalidArgument('Request body must be {"deployedModel": {...}, "trafficSplit"?: {...}}.')
+        dm_body: dict[str, Any] = body["deployedModel"]
+        requested = parse_split(body.get("trafficSplit"))
+        unknown = set(dm_body) - dep.PASS_THROUGH - dep.OUTPUT_ONLY - {
+            "id", "model", "displayName", "dedicatedResources", "automaticResources",
+        }  # fmt: skip
+        if unknown:
+            raise InvalidArgument(f"deployedModel: unknown field {sorted(unknown)[0]!r}.")
+        model_ref = dm_body.get("model")
+        if not isinstance(model_ref, str) or not model_ref:
+            raise InvalidArgument(
+                "deployedModel.model is required (a model resource name, optionally @version)."
+            )
+        model_id, version = store.split_ref(model_ref)
+        if "/" in model_ref and model_ref.split("@")[0] != store.model_name(project, location, model_id):
+            raise InvalidArgument(
+                f"deployedModel.model {model_ref!r} is not a model in projects/{project}/locations/{location}."
+            )
+        dm_id = dm_body.get("id")
+        if dm_id is not None and (not isinstance(dm_id, str) or not dep.DEPLOYED_MODEL_ID_RE.match(dm_id)):
+            raise InvalidArgument("deployedModel.id must be a string of 1-10 digits.")
+        display = dm_body.get("displayName")
+        if display is not None and not isinstance(display, str):
+            raise InvalidArgument("deployedModel.displayName must be a string.")
+        backend = self._require_serving()
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        with self._lock(name):
+            with self.db.session() as session:
+                row = self._endpoint_row(session, project, location, endpoint_id)
+                model = store.get_model_row(session, project, location, model_id)
+                version_row = store.resolve_version_row(session, model, version)
+                res = dep.resources(dm_body, supported_deployment_types(version_row.framework))
+                if dm_id is None:
+                    dm_id = new_deployed_model_id()
+                    while session.scalars(
+                        select(DeployedModelRow).where(DeployedModelRow.deployed_model_id == dm_id)
+                    ).first():
+                        dm_id = new_deployed_model_id()
+                elif session.scalars(
+                    select(DeployedModelRow).where(DeployedModelRow.deployed_model_id == dm_id)
+                ).first():
+                    raise AlreadyExists(f"Deployed model id {dm_id} is already in use.")
+                existing = [d.deployed_model_id for d in row.deployed_models]
+                old_split = dict(row.traffic_split or {})
+                new_split = split_for_deploy(old_split, requested, dm_id, existing)
+                dm = DeployedModelRow(
+                    deployed_model_id=dm_id,
+                    endpoint_pk=row.pk,
+                    model_version_pk=version_row.pk,
+                    display_name=display or version_row.display_name,
+                    resources=res,
+                    extra={k: v for k, v in dm_body.items() if k in dep.PASS_THROUGH},
+                    create_time=now(),
+                )
+                dm.model_version = version_row
+                row.deployed_models.append(dm)
+                row.traffic_split = new_split
+                old_etag = row.etag
+                self._touch(row)
+                session.flush()
+                spec = dep.deployed_model_spec(row, dm)
+                ep_spec = dep.endpoint_spec(row)
+            try:
+                backend.deploy(spec)
+            except Exception as exc:
+                log.warning("deploying %s on %s failed: %s", dm_id, name, exc)
+                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_etag)
+                return self._failed(name, exc)
+            try:
+                backend.set_endpoint(ep_spec)
+            except Exception as exc:
+                log.warning("routing update for %s failed after deploy: %s", name, exc)
+                self._safe(lambda: backend.undeploy(dm_id))
+                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_etag)
+                return self._failed(name, exc)
+            with self.db.session() as session:
+                row = self._endpoint_row(session, project, location, endpoint_id)
+                dm = next(d for d in row.deployed_models if d.deployed_model_id == dm_id)
+                dm_json = dep.deployed_model_json(dm, self._status(dm_id))
+                return self.operations.record(
+                    session, name, response=typed("DeployModelResponse", {"deployedModel": dm_json})
+                )
+
+    def _rollback_deploy(
+        self, project: str, location: str, endpoint_id: str, dm_id: str, split: dict[str, int], etag: str
+    ) -> None:
+        with self.db.session() as session:
+            row = self._endpoint_row(session, project, location, endpoint_id)
+            for dm in list(row.deployed_models):
+                if dm.deployed_model_id == dm_id:
+                    row.deployed_models.remove(dm)
+                    session.delete(dm)
+            row.traffic_split = split
+            row.etag = etag
+            session.flush()
+
+    def _failed(self, name: str, exc: Exception) -> dict[str, Any]:
+        error = exc if isinstance(exc, LoopmlError) else LoopmlError(f"{type(exc).__name__}: {exc}")
+        return self.operations.record_now(name, error=error)
+
+    @staticmethod
+    def _safe(fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.warning("serving backend call failed: %s", exc)
+
+    def _push(self, fn: Any) -> None:
+        """Push a committed change to the serving backend, if there is one (errors are logged)."""
+        backend = self.serving()
+        if backend is not None:
+            self._safe(lambda: fn(backend))
+
+    # -- undeploy / delete -------------------------------------------------------------------
+    def undeploy_model(self, project: str, location: str, endpoint_id: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidArgument('Request body must be {"deployedModelId": "...", "trafficSplit"?: {...}}.')
+        dm_id = body.get("deployedModelId")
+        if not isinstance(dm_id, str) or not dep.DEPLOYED_MODEL_ID_RE.match(dm_id):
+            raise InvalidArgument("deployedModelId is required: a string of 1-10 digits.")
+        requested = parse_split(body.get("trafficSplit"))
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        with self._lock(name):
+            with self.db.session() as session:
+                row = self._endpoint_row(session, project, location, endpoint_id)
+                dm = next((d for d in row.deployed_models if d.deployed_model_id == dm_id), None)
+                if dm is None:
+                    raise NotFound(f"Deployed model {dm_id} not found on endpoint {name}.")
+                remaining = [d.deployed_model_id for d in row.deployed_models if d is not dm]
+                row.traffic_split = split_for_undeploy(
+                    dict(row.traffic_split or {}), requested, dm_id, remaining
+                )
+                row.deployed_models.remove(dm)
+                session.delete(dm)
+                self._touch(row)
+                session.flush()
+                ep_spec = dep.endpoint_spec(row)
+                op = self.operations.record(session, name, response=typed("UndeployModelResponse", {}))
+            self._push(lambda b: b.set_endpoint(ep_spec))
+            self._push(lambda b: b.undeploy(dm_id))
+        return op
+
+    def delete_endpoint(self, project: str, location: str, endpoint_id: str) -> dict[str, Any]:
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        with self._lock(name):
+            with self.db.session() as session:
+                row = self._endpoint_row(session, project, location, endpoint_id)
+                if row.deployed_models:
+                    ids = ", ".join(d.deployed_model_id for d in row.deployed_models)
+                    raise FailedPrecondition(
+                        f"Endpoint {name} has deployed models ({ids}): undeploy them first."
+                    )
+                session.delete(row)
+                session.flush()
+                op = self.operations.record(session, name, response={"@type": EMPTY_TYPE})
+            self._push(lambda b: b.remove_endpoint(name))
+        return op
+
+    # -- replay ------------------------------------------------------------------------------
+    async def replay(self) -> None:
+        """Push every stored endpoint and deployment into the serving backend (server start)."""
+        if self.serving() is None:
+            return
+        await asyncio.to_thread(self._replay_sync)
+
+    def _replay_sync(self) -> None:
+        backend = self.serving()
+        if backend is None:
+            return
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(EndpointRow)
+                .options(
+                    selectinload(EndpointRow.deployed_models)
+                    .selectinload(DeployedModelRow.model_version)
+                    .selectinload(ModelVersionRow.model)
+                )
+                .order_by(EndpointRow.pk)
+            ).all()
+            plan = [
+                (
+                    dep.endpoint_spec(r, {}),
+                    [dep.deployed_model_spec(r, d) for d in r.deployed_models],
+                    dep.endpoint_spec(r),
+                )
+                for r in rows
+            ]
+        for empty, specs, full in plan:
+            self._safe(lambda e=empty: backend.set_endpoint(e))
+            for spec in specs:
+                log.info("replaying deployment %s on %s", spec.deployed_model_id, spec.endpoint_name)
+                self._safe(lambda s=spec: backend.deploy(s))
+            self._safe(lambda f=full: backend.set_endpoint(f))
