@@ -239,11 +239,13 @@ class JobRunner:
                 url=self.url,
                 extra=self.extra_env() if self.extra_env else None,
             )
-            logf.write(f"[loopml] starting workerpool0-0: {' '.join(launch.argv)} (cwd {launch.cwd})\n")
+            cwd = launch.cwd or self.logs_dir.parent.parent / "jobs" / job_id
+            cwd.mkdir(parents=True, exist_ok=True)
+            logf.write(f"[loopml] starting workerpool0-0: {' '.join(launch.argv)} (cwd {cwd})\n")
             try:
                 proc = subprocess.Popen(
                     launch.argv,
-                    cwd=str(launch.cwd),
+                    cwd=str(cwd),
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=logf,

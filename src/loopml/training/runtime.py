@@ -30,7 +30,7 @@ class Launch:
     """Everything needed to start the job's process."""
 
     argv: list[str]
-    cwd: Path
+    cwd: Path | None  # None: the job's own scratch directory
     env: dict[str, str] = field(default_factory=dict)
     bin_dirs: list[str] = field(default_factory=list)
 
@@ -115,11 +115,33 @@ class RuntimeResolver:
             bin_dirs = [str(Path(sys.executable).parent)]
             if argv[0] in ("python", "python3"):
                 argv[0] = sys.executable
-            return Launch(argv=argv, cwd=Path.cwd(), bin_dirs=bin_dirs)
+            return Launch(argv=argv, cwd=None, bin_dirs=bin_dirs)
+        if hasattr(runtime, "argv") and callable(runtime.argv):
+            try:
+                argv = list(runtime.argv(pool.command or None, pool.args or None))
+            except ValueError as exc:
+                raise FailedPrecondition(str(exc)) from exc
+        else:
+            argv = self._plain_argv(runtime, pool)
+        python = str(_rt_attr(runtime, "python", sys.executable))
+        bin_dir = _rt_attr(runtime, "bin_dir", None)
+        bin_dirs = [str(bin_dir)] if bin_dir else [str(Path(python).parent)]
+        workdir = Path(_rt_attr(runtime, "workdir", None) or _rt_attr(runtime, "root", Path.cwd()))
+        return Launch(argv=argv, cwd=workdir, env=self._image_env(runtime), bin_dirs=bin_dirs)
+
+    @staticmethod
+    def _image_env(runtime: Any) -> dict[str, str]:
+        if hasattr(runtime, "process_env") and callable(runtime.process_env):
+            env = runtime.process_env(inherit=False)
+        else:
+            env = dict(_rt_attr(runtime, "env", {}))
+        return {str(k): str(v) for k, v in env.items()}
+
+    @staticmethod
+    def _plain_argv(runtime: Any, pool: WorkerPool) -> list[str]:
+        """Vertex (Kubernetes) semantics: command replaces ENTRYPOINT, args replace CMD."""
         entrypoint = list(_rt_attr(runtime, "entrypoint", []))
         cmd = list(_rt_attr(runtime, "cmd", []))
-        # Vertex (Kubernetes) semantics: command replaces ENTRYPOINT, args replace CMD; a
-        # command without args drops the image CMD.
         if pool.command:
             argv = [*pool.command, *pool.args]
         else:
@@ -129,15 +151,12 @@ class RuntimeResolver:
                 f"Image {pool.image_uri!r} has no ENTRYPOINT/CMD and the job gives no command."
             )
         python = str(_rt_attr(runtime, "python", sys.executable))
-        bin_dir = _rt_attr(runtime, "bin_dir", None)
-        bin_dirs = [str(bin_dir)] if bin_dir else [str(Path(python).parent)]
-        if argv[0] in ("python", "python3") or argv[0].endswith(("/python", "/python3")):
+        if argv[0] in ("python", "python3"):
             argv[0] = python
         else:
-            argv[0] = _which(argv[0], bin_dirs)
-        workdir = Path(_rt_attr(runtime, "workdir", None) or _rt_attr(runtime, "root", Path.cwd()))
-        env = {str(k): str(v) for k, v in dict(_rt_attr(runtime, "env", {})).items()}
-        return Launch(argv=argv, cwd=workdir, env=env, bin_dirs=bin_dirs)
+            bin_dir = _rt_attr(runtime, "bin_dir", None)
+            argv[0] = _which(argv[0], [str(bin_dir)] if bin_dir else [])
+        return argv
 
     # -- pythonPackageSpec -----------------------------------------------------------------
     def _package_launch(self, pool: WorkerPool, logf: TextIO) -> Launch:
@@ -145,27 +164,29 @@ class RuntimeResolver:
         sdists = check_package_uris(self.store, pool.package_uris)
         runtime = self.image_runtime(pool.executor_image_uri)
         base_python = str(_rt_attr(runtime, "python", sys.executable)) if runtime else sys.executable
-        env = {str(k): str(v) for k, v in dict(_rt_attr(runtime, "env", {})).items()} if runtime else {}
+        env = self._image_env(runtime) if runtime else {}
         python = self._install(base_python, sdists, logf)
         bin_dirs = [str(Path(python).parent)]
-        workdir = Path(_rt_attr(runtime, "workdir", None) or Path.cwd()) if runtime else Path.cwd()
         argv = [python, "-m", pool.python_module, *pool.args]
-        return Launch(argv=argv, cwd=workdir, env=env, bin_dirs=bin_dirs)
+        return Launch(argv=argv, cwd=None, env=env, bin_dirs=bin_dirs)
 
     def _install(self, base_python: str, sdists: list[Path], logf: TextIO) -> str:
-        """A venv on top of the executor's interpreter with the sdists installed, cached by hash."""
+        """A venv layered on the executor's interpreter with the sdists installed, cached by hash."""
         digest = hashlib.sha256(base_python.encode())
         for p in sdists:
-            digest.update(p.read_bytes())
+            digest.update(hashlib.sha256(p.read_bytes()).digest())
         key = digest.hexdigest()[:24]
-        if self.envs is not None and hasattr(self.envs, "ensure_packages"):
-            path = self.envs.ensure_packages(base_python, [str(p) for p in sdists], log=logf)
-            return str(Path(path) / "bin" / "python")
-        return _venv_with_packages(self.store.root / "envs" / "jobs" / key, base_python, sdists, logf)
+        return layered_env(self.store.root / "envs" / "jobs" / key, base_python, sdists, logf)
 
 
-def _venv_with_packages(target: Path, base_python: str, sdists: list[Path], logf: TextIO) -> str:
-    """A venv that sees the base interpreter's site-packages, plus the sdists (with their deps)."""
+def layered_env(target: Path, base_python: str, sdists: list[Path], logf: TextIO) -> str:
+    """A venv that sees the base interpreter's site-packages (a `.pth`), plus the sdists.
+
+    pip runs with `--python` on the new venv, so dependencies the base already has count as
+    installed and only what is missing is fetched. The venv is built next to its final place
+    and renamed into it, so a crash never leaves a half-built cached env.
+    """
+    import json
     import subprocess
 
     python = target / "bin" / "python"
@@ -173,28 +194,43 @@ def _venv_with_packages(target: Path, base_python: str, sdists: list[Path], logf
         logf.write(f"[loopml] using cached package environment {target.name}\n")
         logf.flush()
         return str(python)
-    if target.exists():
-        shutil.rmtree(target)
+    work = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    if work.exists():
+        shutil.rmtree(work)
     target.parent.mkdir(parents=True, exist_ok=True)
-    logf.write(f"[loopml] building package environment {target.name}\n")
+    logf.write(f"[loopml] building package environment {target.name} on {base_python}\n")
     logf.flush()
+    probe = subprocess.run(
+        [
+            base_python,
+            "-c",
+            "import json, site, sys; print(json.dumps([p for p in sys.path if p.endswith('-packages')]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    site_dirs = json.loads(probe.stdout)
     subprocess.run(
-        [base_python, "-m", "venv", "--system-site-packages", "--without-pip", str(target)],
+        [base_python, "-m", "venv", "--without-pip", str(work)],
         check=True,
         stdout=logf,
         stderr=subprocess.STDOUT,
     )
-    # pip from the base interpreter installs into the new venv via --prefix-free `--python`.
+    for purelib in (work / "lib").glob("python*/site-packages"):
+        (purelib / "_loopml_base.pth").write_text("\n".join(site_dirs) + "\n")
     result = subprocess.run(
         [
-            base_python,
+            sys.executable,
             "-m",
             "pip",
             "--python",
-            str(python),
+            str(work / "bin" / "python"),
             "install",
             "--no-input",
             "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
             *[str(p) for p in sdists],
         ],
         stdout=logf,
@@ -202,8 +238,13 @@ def _venv_with_packages(target: Path, base_python: str, sdists: list[Path], logf
         env={**os.environ, "PIP_NO_INPUT": "1"},
     )
     if result.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
         raise FailedPrecondition(
             f"Installing the python package failed (pip exit {result.returncode}); see the job log."
         )
-    (target / ".complete").write_text("ok\n")
+    (work / ".complete").write_text("ok\n")
+    if target.exists():
+        shutil.rmtree(work, ignore_errors=True)  # someone else finished first
+    else:
+        os.replace(work, target)
     return str(python)
