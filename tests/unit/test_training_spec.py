@@ -147,7 +147,7 @@ def test_data_env_warehouse_table_and_uris() -> None:
     assert env == {"AIP_DATA_FORMAT": "csv", "AIP_TRAINING_DATA_URI": "gs://b1/train-*.csv"}
     with pytest.raises(InvalidArgument, match="Managed datasets"):
         data_env({"datasetId": "123"})
-    with pytest.raises(InvalidArgument, match="project.dataset.table"):
+    with pytest.raises(InvalidArgument, match=r"project\.dataset\.table"):
         data_env({"warehouseTable": "bq://only.two"})
 
 
