@@ -57,7 +57,12 @@ def test_publish_pull_ack_and_redelivery(http: httpx.Client) -> None:
     assert got[0]["message"]["attributes"] == {"k": "0"} and got[0]["deliveryAttempt"] == 1
     assert got[0]["message"]["publishTime"].endswith("Z")
     # ack the first, nack (deadline 0) the second, leave the third leased
-    assert http.post(f"/v1/projects/{P}/subscriptions/sub-1:acknowledge", json={"ackIds": [got[0]["ackId"]]}).json() == {}
+    assert (
+        http.post(
+            f"/v1/projects/{P}/subscriptions/sub-1:acknowledge", json={"ackIds": [got[0]["ackId"]]}
+        ).json()
+        == {}
+    )
     r = http.post(
         f"/v1/projects/{P}/subscriptions/sub-1:modifyAckDeadline",
         json={"ackIds": [got[1]["ackId"]], "ackDeadlineSeconds": 0},
@@ -68,7 +73,9 @@ def test_publish_pull_ack_and_redelivery(http: httpx.Client) -> None:
     assert again["receivedMessages"][0]["deliveryAttempt"] == 2
     status = http.get(f"/v1/projects/{P}/subscriptions/sub-1").json()["loopmlStatus"]
     assert status["outstanding"] == 2
-    r = http.post(f"/v1/projects/{P}/subscriptions/sub-1:pull", json={"maxMessages": 5, "returnImmediately": True})
+    r = http.post(
+        f"/v1/projects/{P}/subscriptions/sub-1:pull", json={"maxMessages": 5, "returnImmediately": True}
+    )
     assert r.status_code == 200 and r.json() == {}
 
 
@@ -81,7 +88,9 @@ def test_subscription_filter_on_attributes(http: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     msgs = [{"data": b64(i), "attributes": {"kind": "keep" if i % 2 else "drop"}} for i in range(6)]
     http.post(f"/v1/projects/{P}/topics/topic-2:publish", json={"messages": msgs})
-    got = http.post(f"/v1/projects/{P}/subscriptions/sub-2:pull", json={"maxMessages": 10}).json()["receivedMessages"]
+    got = http.post(f"/v1/projects/{P}/subscriptions/sub-2:pull", json={"maxMessages": 10}).json()[
+        "receivedMessages"
+    ]
     assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got] == [1, 3, 5]
 
 
@@ -106,16 +115,28 @@ def test_bad_input(http: httpx.Client) -> None:
     r = http.post("/ingest/hyp/json", content=b"{not json")
     assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
     assert http.post("/ingest/no-such-topic/json", json={}).status_code == 404
-    assert http.post(f"/v1/projects/{P}/topics/nope:publish", json={"messages": [{"data": "eA=="}]}).status_code == 404
+    assert (
+        http.post(f"/v1/projects/{P}/topics/nope:publish", json={"messages": [{"data": "eA=="}]}).status_code
+        == 404
+    )
     r = http.post(f"/v1/projects/{P}/topics/topic-1:publish", json={"messages": [{"data": "***"}]})
     assert r.status_code == 400 and "messages[0].data" in r.json()["error"]["message"]
     r = http.post(f"/v1/projects/{P}/topics/topic-1:publish", json={"messages": []})
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
     cases = [
         ({"topic": f"projects/{P}/topics/topic-1", "ackDeadlineSeconds": 5}, "ackDeadlineSeconds"),
-        ({"topic": f"projects/{P}/topics/topic-1", "pushConfig": {"pushEndpoint": "ftp://x"}}, "pushConfig.pushEndpoint"),
-        ({"topic": f"projects/{P}/topics/topic-1", "bigqueryConfig": {"table": "only.two"}}, "bigqueryConfig.table"),
-        ({"topic": f"projects/{P}/topics/topic-1", "retryPolicy": {"minimumBackoff": "ten"}}, "retryPolicy.minimumBackoff"),
+        (
+            {"topic": f"projects/{P}/topics/topic-1", "pushConfig": {"pushEndpoint": "ftp://x"}},
+            "pushConfig.pushEndpoint",
+        ),
+        (
+            {"topic": f"projects/{P}/topics/topic-1", "bigqueryConfig": {"table": "only.two"}},
+            "bigqueryConfig.table",
+        ),
+        (
+            {"topic": f"projects/{P}/topics/topic-1", "retryPolicy": {"minimumBackoff": "ten"}},
+            "retryPolicy.minimumBackoff",
+        ),
         ({"topic": f"projects/{P}/topics/topic-1", "filter": 'attributes.k = "v" AND ('}, "filter"),
         ({"topic": f"projects/{P}/topics/topic-1", "bogus": 1}, "bogus"),
         ({"topic": "projects/x"}, "topic"),
@@ -139,7 +160,9 @@ def test_new_subscription_starts_at_the_head(http: httpx.Client) -> None:
     http.put(f"/v1/projects/{P}/subscriptions/sub-3", json={"topic": f"projects/{P}/topics/topic-3"})
     http.post(f"/v1/projects/{P}/topics/topic-3:publish", json={"messages": [{"data": b64("new")}]})
     t0 = time.monotonic()
-    got = http.post(f"/v1/projects/{P}/subscriptions/sub-3:pull", json={"maxMessages": 10}).json()["receivedMessages"]
+    got = http.post(f"/v1/projects/{P}/subscriptions/sub-3:pull", json={"maxMessages": 10}).json()[
+        "receivedMessages"
+    ]
     assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got] == ["new"]
     assert time.monotonic() - t0 < 30
     assert http.get(f"/v1/projects/{P}/topics/topic-3/subscriptions").json() == {

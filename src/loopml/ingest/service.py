@@ -251,6 +251,7 @@ class IngestService:
         spec = parse_subscription(body, full, f"projects/{t_project}/topics/{t_name}")
         if (project, name) in self.subs:
             raise AlreadyExists(f"Resource already exists in the project (resource={name}).")
+        await self._check_table(spec)
         config = orjson.dumps(spec.resource).decode()
 
         def job(conn: sqlite3.Connection) -> int:
@@ -269,6 +270,33 @@ class IngestService:
         self.subs[(project, name)] = state
         self._spawn(state)
         return self.subscription_json(state)
+
+    async def _check_table(self, spec: SubscriptionSpec) -> None:
+        """The sink table must exist (as in Pub/Sub) and have the columns the config writes."""
+        warehouse = self.warehouse()
+        if warehouse is None or spec.kind not in ("bigquery", "inference"):
+            return
+        table = spec.table if spec.kind == "bigquery" else spec.inference.output_table  # type: ignore[union-attr]
+        assert table is not None
+        what = "bigqueryConfig.table" if spec.kind == "bigquery" else "loopmlInferenceConfig.outputTable"
+        try:
+            schema = await asyncio.to_thread(
+                warehouse.get_table_schema, table.project, table.dataset, table.table
+            )
+        except NotFound as exc:
+            raise NotFound(f"Invalid field {what!r}: table {table} does not exist ({exc.message})") from exc
+        columns = {str(f.get("name", "")).lower() for f in schema or []}
+        needed: list[str] = []
+        if spec.kind == "bigquery" and not spec.use_table_schema:
+            needed.append("data")
+        if spec.write_metadata:
+            needed += ["subscription_name", "message_id", "publish_time", "attributes"]
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise InvalidArgument(
+                f"Invalid field {what!r}: table {table} has no column(s) {', '.join(missing)} "
+                "(needed by the bigqueryConfig options)."
+            )
 
     def subscription_json(self, state: SubState) -> dict[str, Any]:
         body = dict(state.spec.resource)
