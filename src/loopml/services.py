@@ -63,6 +63,13 @@ def build(platform: Platform) -> None:
 
     platform.services["training"] = training.build(platform)
     # -- serving ----------------------------------------------------------------------------
+    # serving (SERVE): replicas, router, autoscaler; the endpoints service calls it as its backend
+    from loopml.serving.service import ServingService
+
+    serving = ServingService(platform)
+    platform.services["serving"] = serving
+    platform.on_start("serving", serving.start)
+    platform.on_stop("serving", serving.stop)
     # -- replay stored endpoints into the serving backend (after every service is built) -----
     platform.on_start("endpoints-replay", platform.services["endpoints"].replay)
     return None

@@ -1,4 +1,8 @@
-"""Routes: predict (to be filled in by its subsystem)."""
+"""Routes: `:predict`, `:rawPredict` and `:explain` on endpoints.
+
+They are served by the serving runtime's raw-ASGI fast path (`loopml.serving.asgi`), installed
+here as the outermost middleware so prediction requests skip FastAPI routing entirely.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +12,9 @@ from loopml.platform import Platform
 
 
 def install(app: FastAPI, platform: Platform) -> None:
-    return None
+    service = platform.services.get("serving")
+    if service is None:
+        return
+    from loopml.serving.asgi import PredictFastPath
+
+    app.add_middleware(PredictFastPath, service=service, limit=platform.settings.max_predict_bytes)

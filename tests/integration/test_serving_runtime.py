@@ -1,0 +1,127 @@
+"""The serving runtime driven directly (real replica processes, real artifact store, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.tree import DecisionTreeClassifier
+
+from loopml.config import Settings
+from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
+from loopml.platform import Platform
+from loopml.serving.service import ServingService
+from loopml.serving.spec import DeployedModelSpec, EndpointSpec
+
+EP = "projects/p/locations/us-central1/endpoints/ep1"
+
+
+@pytest.fixture()
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    settings = Settings(home=tmp_path / "home")
+    p = Platform(settings)
+    p.services["serving"] = ServingService(p)
+    yield p
+    p.services["serving"].close()
+
+
+def _train(seed: int = 0) -> tuple[DecisionTreeClassifier, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    return DecisionTreeClassifier(max_depth=4, random_state=seed).fit(x, y), x
+
+
+def _snapshot(p: Platform, name: str, files: dict[str, object]) -> Path:
+    d = p.artifacts.registry_dir / name
+    d.mkdir(parents=True)
+    for fname, obj in files.items():
+        if isinstance(obj, str):
+            (d / fname).write_text(obj)
+        else:
+            joblib.dump(obj, d / fname)
+    return d
+
+
+def _spec(dm: str, framework: str, artifact_dir: Path | None, **kw: object) -> DeployedModelSpec:
+    return DeployedModelSpec(
+        endpoint_name=EP,
+        endpoint_id="ep1",
+        deployed_model_id=dm,
+        model_name="projects/p/locations/us-central1/models/m",
+        model_version_id="1",
+        model_display_name="m",
+        framework=framework,
+        artifact_dir=artifact_dir,
+        artifact_uri="gs://b/m",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_sklearn_predict_split_and_errors(platform: Platform) -> None:
+    svc: ServingService = platform.services["serving"]
+    model, x = _train()
+    art = _snapshot(platform, "m1", {"model.joblib": model})
+    svc.deploy(_spec("111", "sklearn", art))
+    assert svc.status("111")["availableReplicaCount"] == 1
+
+    async def run() -> None:
+        with pytest.raises(NotFound):
+            await svc.predict(EP, [[1.0, 2.0, 3.0]])
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {}))
+        with pytest.raises(FailedPrecondition, match="no traffic split"):
+            await svc.predict(EP, [[1.0, 2.0, 3.0]])
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"111": 100}))
+        rows = x[:10].tolist()
+        out = await svc.predict(EP, rows)
+        assert out["predictions"] == model.predict(x[:10]).tolist()
+        assert out["deployedModelId"] == "111"
+        assert out["modelVersionId"] == "1"
+        with pytest.raises(InvalidArgument, match="instance 1 has 2 features, the model expects 3"):
+            await svc.predict(EP, [[1.0, 2.0, 3.0], [1.0, 2.0]])
+        # concurrent requests coalesce into batches and still answer individually
+        results = await asyncio.gather(*(svc.predict(EP, [r]) for r in rows * 5))
+        assert [r["predictions"][0] for r in results] == model.predict(x[:10]).tolist() * 5
+        await asyncio.to_thread(svc.undeploy, "111")
+        assert svc.status("111")["availableReplicaCount"] == 0
+
+    asyncio.run(run())
+
+
+def test_python_predictor(platform: Platform) -> None:
+    svc: ServingService = platform.services["serving"]
+    code = (
+        "class Doubler:\n"
+        "    def load(self, artifact_dir):\n"
+        "        import pathlib\n"
+        "        self.k = float(pathlib.Path(artifact_dir, 'k.txt').read_text())\n"
+        "    def predict(self, instances, parameters=None):\n"
+        "        add = (parameters or {}).get('add', 0)\n"
+        "        return [v * self.k + add for v in instances]\n"
+    )
+    manifest = json.dumps({"framework": "python", "predictor": "doubler:Doubler"})
+    art = _snapshot(platform, "py", {"doubler.py": code, "k.txt": "2", "loopml_model.json": manifest})
+    svc.deploy(_spec("222", "python", art))
+    svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"222": 100}))
+
+    async def run() -> None:
+        out = await svc.predict(EP, [1, 2.5], {"add": 1})
+        assert out["predictions"] == [3.0, 6.0]
+        await asyncio.to_thread(svc.undeploy, "222")
+
+    asyncio.run(run())
+
+
+def test_refuses_artifacts_outside_store(platform: Platform, tmp_path: Path) -> None:
+    svc: ServingService = platform.services["serving"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model, _ = _train()
+    joblib.dump(model, outside / "model.joblib")
+    with pytest.raises(FailedPrecondition, match="not inside the artifact store"):
+        svc.deploy(_spec("333", "sklearn", outside))
