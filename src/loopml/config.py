@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     gcs_mount: Path | None = None
     """If set (e.g. `/gcs`), the server links this path to the buckets dir (the Vertex `/gcs/` view)."""
 
+    # -- batch prediction / request logging (BATCH) -----------------------------------------
+    batch_chunk_rows: int = 131_072
+    """Rows per committed chunk of a batch job on built-in frameworks (others: batchSize x 16)."""
+    batch_worker_mode: str = "thread"
+    """Batch chunk workers: "thread" (in the server) or "process" (spawned worker processes)."""
+    batch_fsync: bool = True
+    """fsync chunk outputs before recording them (crash safety beyond a process kill)."""
+    batch_test_pause_after_chunk_s: float = 0.0
+    """Test-only: sleep after each committed chunk (`LOOPML_BATCH_TEST_PAUSE_AFTER_CHUNK_S`)."""
+    request_log_queue_size: int = 10_000
+    """Request/response log entries held in memory at most; beyond that entries are dropped and counted."""
+    request_log_flush_s: float = 0.5
+    """How often the request logger writes queued entries to the warehouse."""
+
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
 

@@ -70,6 +70,29 @@ def build(platform: Platform) -> None:
     platform.services["serving"] = serving
     platform.on_start("serving", serving.start)
     platform.on_stop("serving", serving.stop)
+    # request/response logging and batch prediction (BATCH); stop hooks run before the
+    # warehouse closes (hooks stop in reverse order), so queued log rows are written first
+    from loopml.serving.batch import BatchService
+    from loopml.serving.request_log import RequestLogger
+
+    request_log = RequestLogger(
+        lambda: platform.services.get("warehouse"),
+        max_queue=platform.settings.request_log_queue_size,
+        flush_s=platform.settings.request_log_flush_s,
+    )
+    platform.services["request_log"] = request_log
+    platform.on_start("request_log", request_log.start)
+    platform.on_stop("request_log", request_log.stop)
+    batch = BatchService(
+        platform.db,
+        platform.artifacts,
+        platform.settings,
+        registry=lambda: platform.services.get("registry"),
+        warehouse=lambda: platform.services.get("warehouse"),
+    )
+    platform.services["batch"] = batch
+    platform.on_start("batch", batch.start)
+    platform.on_stop("batch", batch.stop)
     # -- replay stored endpoints into the serving backend (after every service is built) -----
     platform.on_start("endpoints-replay", platform.services["endpoints"].replay)
     return None

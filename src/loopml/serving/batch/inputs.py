@@ -1,0 +1,84 @@
+"""Batch inputs: globbing storage URIs, reading JSONL/CSV files and warehouse tables into Arrow.
+
+The job's input is snapshotted once into an Arrow IPC file in the job's work directory, so every
+attempt (including one resumed after a crash) cuts exactly the same chunks from exactly the same
+rows, whatever happens to the source meanwhile (BigQuery reads a table snapshot too).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from loopml.artifacts import ArtifactStore
+from loopml.errors import InvalidArgument, NotFound
+from loopml.serving.batch.chunk import JSON_COLUMN
+from loopml.serving.batch.spec import JobSpec
+
+
+def expand_uris(store: ArtifactStore, uris: list[str]) -> list[Path]:
+    """Local files behind `gs://bucket/path` URIs, with `*`, `?` and `**` globs, sorted, de-duplicated."""
+    files: list[Path] = []
+    for uri in uris:
+        parsed = urlparse(uri)
+        bucket_root = store.bucket_path(parsed.netloc).resolve()
+        pattern = parsed.path.lstrip("/")
+        if not glob.has_magic(pattern):
+            path = store.resolve(uri)
+            if not path.is_file():
+                raise InvalidArgument(f"inputConfig.gcsSource.uris: no file at {uri}.")
+            files.append(path)
+            continue
+        if ".." in pattern.split("/"):
+            raise InvalidArgument(f"inputConfig.gcsSource.uris: {uri!r} escapes its bucket.")
+        matches = sorted(
+            p.resolve()
+            for p in map(Path, glob.glob(str(bucket_root / pattern), recursive=True))
+            if p.is_file()
+        )
+        matches = [m for m in matches if m.is_relative_to(bucket_root)]
+        if not matches:
+            raise InvalidArgument(f"inputConfig.gcsSource.uris: nothing matches {uri}.")
+        files.extend(matches)
+    return list(dict.fromkeys(files))
+
+
+def read_jsonl(files: list[Path]) -> pa.Table:
+    lines: list[str] = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines.extend(line.rstrip("\r\n") for line in fh if line.strip())
+    return pa.table({JSON_COLUMN: pa.array(lines, pa.string())})
+
+
+def read_csv(files: list[Path]) -> pa.Table:
+    tables = []
+    for path in files:
+        try:
+            tables.append(pacsv.read_csv(str(path)))
+        except pa.ArrowInvalid as exc:
+            raise InvalidArgument(f"Cannot read CSV input {path.name}: {exc}") from exc
+    if not tables:
+        return pa.table({})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidArgument(f"CSV input files have different columns or types: {exc}") from exc
+
+
+def read_source(spec: JobSpec, store: ArtifactStore, warehouse: Any) -> pa.Table:
+    """The whole input of a job as one Arrow table."""
+    if spec.instances_format == "bigquery":
+        ref = spec.bq_source
+        assert ref is not None and ref.dataset and ref.table
+        if warehouse is None:
+            raise NotFound("The warehouse is not available on this server: cannot read bigquerySource.")
+        table = warehouse.read_table_arrow(ref.project, ref.dataset, ref.table)
+        return table if isinstance(table, pa.Table) else pa.Table.from_batches(list(table))
+    files = expand_uris(store, spec.gcs_uris)
+    return read_jsonl(files) if spec.instances_format == "jsonl" else read_csv(files)

@@ -1,0 +1,321 @@
+"""Runs batch prediction jobs in the background and resumes them after a crash.
+
+One scheduler thread takes jobs in creation order. A job's input is snapshotted once (Arrow IPC
+in `<home>/batch/<job id>/`), cut into fixed chunks, and the chunks are predicted by a pool of up
+to `maxReplicaCount` workers (threads in the server, or spawned processes). A chunk counts as done
+only once its outputs are durably written under their deterministic names *and* a chunk row plus
+the job's counters are committed in one metadata transaction. After a kill -9 the job is found in
+RUNNING at the next start and only chunks without a row are (re)computed: nothing is lost and
+nothing is written twice. BigQuery destinations are loaded from the chunk files at the end in one
+idempotent truncate-and-write per table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from loopml.artifacts import ArtifactStore
+from loopml.config import Settings
+from loopml.errors import LoopmlError
+from loopml.metadata import Database
+from loopml.metadata.batch_tables import BatchPredictionChunkRow, BatchPredictionJobRow
+from loopml.refs import now
+from loopml.serving.batch.chunk import InstanceOptions
+from loopml.serving.batch.inputs import read_source
+from loopml.serving.batch.outputs import atomic_write, concat, read_arrow
+from loopml.serving.batch.predictors import CACHE, close_predictor
+from loopml.serving.batch.spec import BqRef, parse_job
+from loopml.serving.batch.worker import ChunkTask, ModelInfo, run_chunk, shard_names
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_CANCELLING")
+VECTORISED = ("sklearn", "xgboost")
+
+
+class JobFailed(Exception):
+    pass
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        db: Database,
+        store: ArtifactStore,
+        settings: Settings,
+        warehouse: Callable[[], Any],
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.warehouse = warehouse
+        self.work_root = settings.resolved_home() / "batch"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="loopml-batch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            with self.db.session() as s:
+                pending = s.scalars(
+                    select(BatchPredictionJobRow.pk)
+                    .where(BatchPredictionJobRow.state.in_(ACTIVE_STATES))
+                    .order_by(BatchPredictionJobRow.pk)
+                ).all()
+            for pk in pending:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.run_job(pk)
+                except Exception:
+                    log.exception("batch job %s crashed the runner; marking it failed", pk)
+                    self._finish(pk, "JOB_STATE_FAILED", {"code": 13, "message": "internal error"})
+            self._wake.wait(timeout=2.0)
+
+    # -- one job -----------------------------------------------------------------------------
+    def run_job(self, pk: int) -> None:
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            if row is None or row.state not in ACTIVE_STATES:
+                return
+            if row.cancel_requested:
+                row.state, row.end_time, row.update_time = "JOB_STATE_CANCELLED", now(), now()
+                return
+            row.state = "JOB_STATE_RUNNING"
+            row.start_time = row.start_time or now()
+            row.update_time = now()
+            job_id, spec_json, work, model_json = (
+                row.job_id,
+                dict(row.spec),
+                dict(row.work),
+                row.work["model"],
+            )
+        model = ModelInfo(**model_json)
+        work_dir = self.work_root / job_id
+        try:
+            work = self._stage(pk, work_dir, spec_json, work, model)
+            finished = self._run_chunks(pk, job_id, work_dir, spec_json, work, model)
+            if finished is None:
+                return  # stopping: the job stays RUNNING and resumes at the next start
+            if finished == "cancelled":
+                self._finish(pk, "JOB_STATE_CANCELLED", None)
+                return
+            self._finalize(pk, work_dir, spec_json, work)
+        except (LoopmlError, JobFailed, ValueError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            log.warning("batch job %s failed: %s", job_id, message)
+            self._finish(pk, "JOB_STATE_FAILED", {"code": getattr(exc, "grpc_code", 3), "message": message})
+        finally:
+            predictor = CACHE.pop(model.key())
+            if predictor is not None:
+                close_predictor(predictor)
+
+    def _stage(
+        self, pk: int, work_dir: Path, spec_json: dict[str, Any], work: dict[str, Any], model: ModelInfo
+    ) -> dict[str, Any]:
+        input_path = work_dir / "input.arrow"
+        if work.get("staged") and input_path.exists():
+            return work
+        spec = parse_job(spec_json)
+        table = read_source(spec, self.store, self.warehouse())
+        atomic_write(input_path, table, fsync=self.settings.batch_fsync)
+        total = table.num_rows
+        if model.framework in VECTORISED:
+            chunk_rows = self.settings.batch_chunk_rows
+        else:
+            chunk_rows = min(self.settings.batch_chunk_rows, max(spec.batch_size * 16, 1024))
+        chunk_rows = max(1, chunk_rows)
+        work = {**work, "staged": True, "chunk_rows": chunk_rows}
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            assert row is not None
+            row.work = work
+            row.total_count = total
+            row.chunk_count = (total + chunk_rows - 1) // chunk_rows
+            row.update_time = now()
+        return work
+
+    def _out_dir(self, work_dir: Path, work: dict[str, Any]) -> tuple[str, Path]:
+        if work["output"]["kind"] == "jsonl":
+            return "jsonl", self.store.resolve(work["output"]["gcsOutputDirectory"])
+        return "bigquery", work_dir / "out"
+
+    def _run_chunks(
+        self,
+        pk: int,
+        job_id: str,
+        work_dir: Path,
+        spec_json: dict[str, Any],
+        work: dict[str, Any],
+        model: ModelInfo,
+    ) -> str | None:
+        spec = parse_job(spec_json)
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            assert row is not None
+            total, chunk_count = row.total_count, row.chunk_count
+            done = set(
+                s.scalars(
+                    select(BatchPredictionChunkRow.chunk_index).where(BatchPredictionChunkRow.job_pk == pk)
+                ).all()
+            )
+        opts = InstanceOptions(
+            instances_format=spec.instances_format,
+            instance_type=spec.instance_type,
+            key_field=spec.key_field,
+            included_fields=tuple(spec.included_fields),
+            excluded_fields=tuple(spec.excluded_fields),
+        )
+        kind, out_dir = self._out_dir(work_dir, work)
+        chunk_rows = int(work["chunk_rows"])
+        todo = [i for i in range(chunk_count) if i not in done]
+        tasks = [
+            ChunkTask(
+                job_id=job_id,
+                index=i,
+                start=i * chunk_rows,
+                length=min(chunk_rows, total - i * chunk_rows),
+                input_path=str(work_dir / "input.arrow"),
+                opts=opts,
+                model=model,
+                batch_size=spec.batch_size,
+                parameters=spec.model_parameters,
+                output_kind=kind,
+                out_dir=str(out_dir),
+                replicas=spec.max_replica_count,
+                fsync=self.settings.batch_fsync,
+            )
+            for i in todo
+        ]
+        if not tasks:
+            return "done"
+        workers = max(1, min(spec.max_replica_count, os.cpu_count() or 1, len(tasks)))
+        pool = self._pool(workers, model)
+        try:
+            return self._drive(pk, pool, tasks, workers)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pool(self, workers: int, model: ModelInfo) -> cf.Executor:
+        if self.settings.batch_worker_mode == "process" and model.framework != "custom-container":
+            return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return cf.ThreadPoolExecutor(workers, thread_name_prefix="loopml-batch-worker")
+
+    def _drive(self, pk: int, pool: cf.Executor, tasks: list[ChunkTask], workers: int) -> str | None:
+        queue = list(reversed(tasks))
+        inflight: set[cf.Future[tuple[int, int, int, float]]] = set()
+        while queue or inflight:
+            while queue and len(inflight) < workers * 2:
+                inflight.add(pool.submit(run_chunk, queue.pop()))
+            finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                index, ok, failed, seconds = future.result()
+                cancelled = self._commit(pk, index, ok, failed)
+                log.debug("batch job %s chunk %s: %s ok, %s failed in %.3fs", pk, index, ok, failed, seconds)
+                if self.settings.batch_test_pause_after_chunk_s > 0:
+                    time.sleep(self.settings.batch_test_pause_after_chunk_s)
+                if cancelled:
+                    return "cancelled"
+            if self._stop.is_set():
+                return None
+        return "done"
+
+    def _commit(self, pk: int, index: int, ok: int, failed: int) -> bool:
+        """Record a chunk whose outputs are in place; returns True if cancellation was requested."""
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            assert row is not None
+            exists = s.scalars(
+                select(BatchPredictionChunkRow.pk).where(
+                    BatchPredictionChunkRow.job_pk == pk, BatchPredictionChunkRow.chunk_index == index
+                )
+            ).first()
+            if exists is None:
+                s.add(
+                    BatchPredictionChunkRow(
+                        job_pk=pk, chunk_index=index, successful_count=ok, failed_count=failed
+                    )
+                )
+                row.successful_count += ok
+                row.failed_count += failed
+            row.update_time = now()
+            return bool(row.cancel_requested)
+
+    def _finalize(self, pk: int, work_dir: Path, spec_json: dict[str, Any], work: dict[str, Any]) -> None:
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            assert row is not None
+            chunk_count, ok, failed = row.chunk_count, row.successful_count, row.failed_count
+        if work["output"]["kind"] == "bigquery":
+            self._load_bigquery(work_dir, work, chunk_count)
+        if ok == 0 and failed > 0:
+            self._finish(
+                pk,
+                "JOB_STATE_FAILED",
+                {
+                    "code": 3,
+                    "message": f"All {failed} instances failed; see the errors output for each error.",
+                },
+            )
+        else:
+            self._finish(pk, "JOB_STATE_SUCCEEDED", None)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _load_bigquery(self, work_dir: Path, work: dict[str, Any], chunk_count: int) -> None:
+        warehouse = self.warehouse()
+        if warehouse is None:
+            raise JobFailed("The warehouse is not available: cannot write the BigQuery destination.")
+        out = work["output"]
+        dest = BqRef(out["project"], out["dataset"])
+        assert dest.dataset is not None
+        if out.get("create_dataset"):
+            create = getattr(warehouse, "create_dataset", None)
+            if create is not None:
+                create(dest.project, dest.dataset, exists_ok=True)
+        for table_name, which in ((out["predictions_table"], 0), (out["errors_table"], 1)):
+            parts = [
+                read_arrow(work_dir / "out" / shard_names(i, "bigquery")[which]) for i in range(chunk_count)
+            ]
+            table = concat(parts) if parts else None
+            if table is None:
+                continue
+            warehouse.write_table_arrow(dest.project, dest.dataset, table_name, table, mode="truncate")
+
+    def _finish(self, pk: int, state: str, error: dict[str, Any] | None) -> None:
+        with self.db.session() as s:
+            row = s.get(BatchPredictionJobRow, pk)
+            if row is None:
+                return
+            row.state = state
+            row.error = error
+            row.end_time = now()
+            row.update_time = now()
