@@ -39,6 +39,28 @@ def server_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def emulator_env(url: str, project: str, location: str | None = None) -> dict[str, str]:
+    """What makes unchanged Google clients in a child process (job or replica) reach this server.
+
+    `google-cloud-storage`/gcsfs follow `STORAGE_EMULATOR_HOST`, `google-cloud-bigquery` follows
+    `BIGQUERY_EMULATOR_HOST`, and `google.auth.default()` gets a project and a token from the
+    GCE metadata emulation (`GCE_METADATA_HOST`/`GCE_METADATA_IP`; see `loopml.api.jobs`).
+    Leave `NO_GCE_CHECK` unset in such processes: it disables that metadata path.
+    """
+    host = urlparse(url).netloc
+    env = {
+        "GOOGLE_CLOUD_PROJECT": project,
+        "STORAGE_EMULATOR_HOST": url,
+        "BIGQUERY_EMULATOR_HOST": url,
+        "GCE_METADATA_HOST": host,
+        "GCE_METADATA_IP": host,
+        "LOOPML_URL": url,
+    }
+    if location:
+        env["GOOGLE_CLOUD_REGION"] = location
+    return env
+
+
 def data_env(input_data_config: dict[str, Any] | None) -> dict[str, str]:
     """`AIP_DATA_FORMAT` and `AIP_*_DATA_URI` from a TrainingPipeline inputDataConfig.
 
@@ -106,20 +128,13 @@ def job_env(
     env.update({k: v for k, v in image_env.items() if k not in _DROPPED})
     env.update(extra or {})
     env.update(user_env)
-    host = urlparse(url).netloc
+    env.update(emulator_env(url, project, location))
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
             "CLOUD_ML_JOB_ID": job_id,
             "CLOUD_ML_PROJECT_ID": project,
             "CLOUD_ML_REGION": location,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "GOOGLE_CLOUD_REGION": location,
-            "STORAGE_EMULATOR_HOST": url,
-            "BIGQUERY_EMULATOR_HOST": url,
-            "GCE_METADATA_HOST": host,
-            "GCE_METADATA_IP": host,
-            "LOOPML_URL": url,
         }
     )
     if base_output_dir:
