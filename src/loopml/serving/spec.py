@@ -5,6 +5,17 @@ the serving runtime (`loopml.serving`) owns the processes and the hot path. They
 after every committed change the endpoint service calls the `ServingBackend` methods, and at
 server start it replays every stored deployment through `deploy()`. The hot path never reads
 the metadata database.
+
+Threading (serving runtime, `loopml.serving.service.ServingService`): `deploy`, `undeploy` and
+`update` block (they start processes, wait for health checks and drain in-flight requests) and
+are thread-safe; call them from a worker thread (`await asyncio.to_thread(backend.deploy, spec)`),
+not on the server's event loop. `set_endpoint`, `remove_endpoint` and `status` are cheap and may
+be called anywhere. `deploy` of an already running deployed model id behaves as `update`.
+
+Fields read from `DeployedModelSpec.extra` by the runtime (all optional):
+`maxBatchSize` (int, cap on requests coalesced into one replica call; default 64 for the
+built-in servers, 1 for custom containers) and `batchWaitSeconds` (float, extra time a replica
+worker waits to fill a batch; default 0 = adaptive batching with no added latency).
 """
 
 from __future__ import annotations
@@ -58,5 +69,8 @@ class ServingBackend(Protocol):
     def remove_endpoint(self, endpoint_name: str) -> None: ...
 
     def status(self, deployed_model_id: str) -> dict[str, Any]:
-        """`{"availableReplicaCount": n, "replicas": [{"id", "state", "pid", ...}]}`."""
+        """`{"availableReplicaCount": n, "replicaCount", "minReplicaCount", "maxReplicaCount",
+        "queueDepth", "replicas": [{"id", "kind", "state", "pid", "restarts", "inflight", "served",
+        "log"}]}`; a deployed model that is not running gives availableReplicaCount 0 and
+        `"state": "NOT_DEPLOYED"`."""
         ...
