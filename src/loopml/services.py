@@ -39,6 +39,12 @@ def build(platform: Platform) -> None:
         platform.db, platform.services["registry"], platform.services["operations"], platform.services
     )
     # -- ingest / warehouse / sqlml ---------------------------------------------------------
+    # warehouse (WH): built first in this block so its stop hook (closing DuckDB) runs last
+    from loopml.warehouse import Warehouse
+
+    warehouse = Warehouse(platform.settings.resolved_warehouse_path(), platform.artifacts)
+    platform.services["warehouse"] = warehouse
+    platform.on_stop("warehouse", warehouse.close)
     # ingest (INGEST): the warehouse and serving are looked up lazily (built later, or absent)
     from loopml.ingest import IngestService
 

@@ -58,7 +58,9 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(request: Request, status: int, message: str, status_name: str, reason: str) -> Response:
     error: dict[str, Any] = {"code": status, "message": message, "status": status_name, "details": []}
-    if request.url.path.startswith(("/bigquery/", "/storage/", "/upload/storage/", "/download/storage/")):
+    if request.url.path.startswith(
+        ("/bigquery/", "/storage/", "/upload/storage/", "/download/storage/", "/upload/bigquery/")
+    ):
         error["errors"] = [{"reason": reason, "message": message, "domain": "global"}]
     return json_response({"error": error}, status)
 

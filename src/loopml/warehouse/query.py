@@ -8,6 +8,7 @@ rewritten for DuckDB and executed with bound parameters.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import uuid
@@ -114,15 +115,31 @@ def _bind_params(tree: exp.Expression, ctx: QueryContext) -> dict[str, Any] | li
         missing = sorted(named - set(given))
         if missing:
             raise InvalidQuery(f"Query parameter '{missing[0]}' not found")
-        for node in tree.find_all(exp.Parameter):
-            node.set("this", exp.var(str(node.name).lower()))
-        return {k: given[k] for k in named}
+        for node in list(tree.find_all(exp.Parameter)):
+            key = str(node.name).lower()
+            node.set("this", exp.var(key))
+            _typed(node, given[key])
+        return {k: _bindable(given[k]) for k in named}
     if positional:
         values = list(params) if isinstance(params, list) else []
         if len(values) != positional:
             raise InvalidQuery(f"Query has {positional} positional parameters but {len(values)} were given.")
-        return values
+        for slot, value in zip(list(tree.find_all(exp.Placeholder, bfs=False)), values, strict=True):
+            _typed(slot, value)
+        return [_bindable(v) for v in values]
     return None
+
+
+def _typed(node: exp.Expression, value: Any) -> None:
+    """Time-zone-aware timestamps are bound as text and cast to TIMESTAMPTZ in the SQL."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        node.replace(exp.cast(node.copy(), exp.DataType.build("TIMESTAMPTZ")))
+
+
+def _bindable(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).isoformat()
+    return value
 
 
 def _execute(

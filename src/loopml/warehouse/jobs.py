@@ -1,0 +1,160 @@
+"""Query and load jobs: run off the caller's thread, kept in memory for result paging.
+
+Jobs run on a small thread pool so the server's event loop stays responsive; the REST layer waits
+for them (long poll) without cancelling them. The newest `keep` jobs are remembered per process;
+older ones (and all jobs after a restart) are gone: `jobs.get` then answers 404.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from loopml.errors import AlreadyExists, InvalidArgument, InvalidQuery, LoopmlError, NotFound
+from loopml.warehouse.rows import decode_parameters
+from loopml.warehouse.types import QueryResult
+from loopml.warehouse.warehouse import Warehouse, now_ms
+
+log = logging.getLogger(__name__)
+
+JOB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclasses.dataclass
+class Job:
+    project: str
+    job_id: str
+    location: str
+    configuration: dict[str, Any]
+    created_ms: int
+    state: str = "PENDING"
+    started_ms: int | None = None
+    ended_ms: int | None = None
+    result: QueryResult | None = None
+    error: LoopmlError | None = None
+    future: concurrent.futures.Future[None] | None = None
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.state == "DONE"
+
+
+class JobManager:
+    def __init__(self, warehouse: Warehouse, *, workers: int = 4, keep: int = 1000) -> None:
+        self.warehouse = warehouse
+        self.keep = keep
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bq-job")
+        self._jobs: OrderedDict[tuple[str, str], Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def new_job(
+        self, project: str, job_id: str | None, location: str | None, configuration: dict[str, Any]
+    ) -> Job:
+        job_id = job_id or f"job_{uuid.uuid4().hex}"
+        if not isinstance(job_id, str) or not set(job_id) <= JOB_ID_CHARS or len(job_id) > 1024:
+            raise InvalidArgument(f"Invalid job ID {job_id!r}: use letters, digits, underscores and dashes.")
+        job = Job(project, job_id, location or "US", configuration, created_ms=now_ms())
+        with self._lock:
+            if (project, job_id) in self._jobs:
+                raise AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}")
+            self._jobs[(project, job_id)] = job
+            while len(self._jobs) > self.keep:
+                self._jobs.popitem(last=False)
+        return job
+
+    def submit(self, job: Job, work: Callable[[Job], QueryResult]) -> Job:
+        def run() -> None:
+            if job.cancelled:
+                job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
+                job.state, job.ended_ms = "DONE", now_ms()
+                return
+            job.state, job.started_ms = "RUNNING", now_ms()
+            try:
+                job.result = work(job)
+            except LoopmlError as exc:
+                job.error = exc
+            except Exception as exc:  # an engine failure we did not map: report it on the job
+                log.exception("job %s failed", job.job_id)
+                job.error = LoopmlError(f"Internal error while running the job: {type(exc).__name__}: {exc}")
+            finally:
+                job.ended_ms = now_ms()
+                job.state = "DONE"
+
+        job.future = self._pool.submit(run)
+        return job
+
+    def submit_query(self, job: Job) -> Job:
+        return self.submit(job, self._run_query)
+
+    def _run_query(self, job: Job) -> QueryResult:
+        cfg = job.configuration.get("query") or {}
+        sql = cfg.get("query")
+        if not isinstance(sql, str) or not sql.strip():
+            raise InvalidQuery("configuration.query.query is required.")
+        if cfg.get("useLegacySql") is True:
+            raise InvalidQuery("Legacy SQL is not supported by loopml: set useLegacySql=false (GoogleSQL).")
+        default = cfg.get("defaultDataset") or {}
+        params = decode_parameters(cfg.get("parameterMode"), cfg.get("queryParameters"))
+        project = default.get("projectId") or job.project
+        result = self.warehouse.query(
+            sql, project=project, default_dataset=default.get("datasetId"), params=params
+        )
+        dest = cfg.get("destinationTable")
+        if dest and result.statement_type == "SELECT":
+            self._write_destination(job, dest, result, cfg)
+        return result
+
+    def _write_destination(
+        self, job: Job, dest: dict[str, Any], result: QueryResult, cfg: dict[str, Any]
+    ) -> None:
+        p = dest.get("projectId") or job.project
+        d, t = dest.get("datasetId"), dest.get("tableId")
+        if not d or not t:
+            raise InvalidArgument("destinationTable needs datasetId and tableId.")
+        wh = self.warehouse
+        exists = wh.table_exists(p, d, t)
+        create = str(cfg.get("createDisposition") or "CREATE_IF_NEEDED").upper()
+        write = str(cfg.get("writeDisposition") or "WRITE_EMPTY").upper()
+        if not exists and create == "CREATE_NEVER":
+            raise NotFound(f"Not found: Table {p}:{d}.{t}")
+        if exists and write == "WRITE_EMPTY" and wh.get_table(p, d, t)["num_rows"] > 0:
+            raise AlreadyExists(f"Already Exists: Table {p}:{d}.{t} (writeDisposition WRITE_EMPTY)")
+        mode = "append" if exists and write == "WRITE_APPEND" else "truncate"
+        wh.write_table_arrow(p, d, t, result.table, mode=mode)
+        result.destination = (p, d, t)
+
+    def get(self, project: str, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get((project, job_id))
+        if job is None:
+            raise NotFound(f"Not found: Job {project}:{job_id}")
+        return job
+
+    def list(self, project: str) -> list[Job]:
+        with self._lock:
+            jobs = [j for (p, _), j in self._jobs.items() if p == project]
+        return list(reversed(jobs))
+
+    def cancel(self, project: str, job_id: str) -> Job:
+        job = self.get(project, job_id)
+        if not job.done:
+            job.cancelled = True
+            if job.future is not None and job.future.cancel():
+                job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
+                job.state, job.ended_ms = "DONE", now_ms()
+        return job
+
+    def wait(self, job: Job, timeout: float | None) -> bool:
+        if job.future is not None and not job.done:
+            concurrent.futures.wait([job.future], timeout=timeout)
+        return job.done
