@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     autoscale_cycle_s: float = 15.0
     autoscale_window_s: float = 300.0
     replica_start_timeout_s: float = 120.0
+    job_kill_grace_s: float = 5.0
+    """Seconds between SIGTERM and SIGKILL when a training job is cancelled or times out."""
 
     # -- ingest (INGEST) ----------------------------------------------------------------------
     default_project: str = "local"

@@ -32,7 +32,7 @@ def build(platform: Platform) -> TrainingService:
         logs_dir=logs_dir,
         url=server_url(settings.host, settings.port),
         extra_env=lambda: _gcs_view_env(platform),
-        grace_s=float(getattr(settings, "job_kill_grace_s", 5.0)),
+        grace_s=settings.job_kill_grace_s,
     )
     service = TrainingService(platform.db, runner, resolver, services=platform.services, logs_dir=logs_dir)
     platform.on_start("training", runner.start)
