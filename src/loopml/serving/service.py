@@ -392,7 +392,15 @@ class ServingService(ScalingMixin):
         predict_route = cs.get("predictRoute") or f"{prefix}:predict"
         health_route = cs.get("healthRoute") or prefix
         storage_uri = self._storage_copy(spec)
-        env = build_container_env(spec, runtime, storage_uri, predict_route, health_route, base_env())
+        from loopml.training.contract import emulator_env
+
+        parts = spec.endpoint_name.split("/")
+        project = parts[1] if len(parts) > 3 else ""
+        location = parts[3] if len(parts) > 3 else None
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        base = base_env()
+        base.update(emulator_env(f"http://{host}:{self.settings.port}", project, location))
+        env = build_container_env(spec, runtime, storage_uri, predict_route, health_route, base)
         if cwd is None:
             cwd = self.settings.resolved_home() / "run" / "containers" / spec.deployed_model_id
             cwd.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,155 @@
+"""Serving at scale on a real server: autoscaling, replica crashes, traffic split, errors."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.serving_helpers import (
+    create_endpoint,
+    deploy,
+    predict,
+    replica_count,
+    replica_pids,
+    save,
+    train,
+    upload,
+    wait_for,
+)
+
+REQUEST_COUNT = "aiplatform.googleapis.com/prediction/online/request_count"
+
+
+@pytest.fixture(scope="module")
+def srv(server_factory_module: Any) -> Any:
+    return server_factory_module
+
+
+@pytest.fixture(scope="module")
+def server_factory_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.conftest import ServerProcess, free_port
+
+    s = ServerProcess(
+        home=tmp_path_factory.mktemp("serve-scale"),
+        port=free_port(),
+        env={"LOOPML_AUTOSCALE_CYCLE_S": "0.5", "LOOPML_AUTOSCALE_WINDOW_S": "3"},
+    )
+    s.start()
+    yield s
+    s.stop()
+    assert not replica_pids_of(s)
+
+
+def replica_pids_of(s: Any) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if str(s.home) in " ".join(p.info["cmdline"] or [])
+        and "loopml.serving.replica" in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def _load(
+    url: str, endpoint: str, rows: list[list[float]], stop: threading.Event, statuses: Counter[int]
+) -> None:
+    with httpx.Client() as client:
+        i = 0
+        while not stop.is_set():
+            r = predict(url, endpoint, {"instances": [rows[i % len(rows)]]}, client)
+            statuses[r.status_code] += 1
+            i += 1
+
+
+def test_split_bypass_and_bad_instance(srv: Any) -> None:
+    clf, x = train()
+    upload(srv.url, "split-a", save(srv.home, clf, "split-a"))
+    upload(srv.url, "split-b", save(srv.home, train(flip=True)[0], "split-b"))
+    ep = create_endpoint(srv.url, "split-ep")
+    dm_a = deploy(srv.url, ep, "split-a", split={"0": 100})["response"]["deployedModel"]["id"]
+    dm_b = deploy(srv.url, ep, "split-b", split={dm_a: 90, "0": 10})["response"]["deployedModel"]["id"]
+
+    seen: Counter[str] = Counter()
+    row = x[:1].tolist()
+    with httpx.Client() as client:
+        for _ in range(2000):
+            r = predict(srv.url, ep, {"instances": row}, client)
+            assert r.status_code == 200, r.text
+            seen[r.json()["deployedModelId"]] += 1
+        assert abs(seen[dm_a] / 2000 - 0.90) <= 0.03, seen
+        assert abs(seen[dm_b] / 2000 - 0.10) <= 0.03, seen
+
+        for _ in range(30):  # an explicit deployedModelId bypasses the split
+            r = predict(srv.url, ep, {"instances": row, "deployedModelId": dm_b}, client)
+            assert r.json()["deployedModelId"] == dm_b
+            assert r.json()["predictions"] == [1 - int(clf.predict(x[:1])[0])]
+
+        r = predict(srv.url, ep, {"instances": [[0.1, 0.2, 0.3], [0.5, 0.1, 0.2], [1.0, 2.0]]}, client)
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "instance 2 has 2 features, the model expects 3."
+        r = predict(srv.url, ep, {"instances": row, "deployedModelId": "424242"}, client)
+        assert r.status_code == 400 and "424242" in r.json()["error"]["message"]
+        r = predict(srv.url, ep.replace("split-ep", "no-such-ep"), {"instances": row}, client)
+        assert r.status_code == 404
+        r = client.post(f"{srv.url}/v1/{ep}:predict", content=b"{not json", timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_autoscale_up_and_back_down(srv: Any) -> None:
+    clf, x = train()
+    upload(srv.url, "auto", save(srv.home, clf, "auto"))
+    ep = create_endpoint(srv.url, "auto-ep")
+    metrics = [{"metricName": REQUEST_COUNT, "target": 60}]  # 60 requests/min per replica
+    dm = deploy(srv.url, ep, "auto", split={"0": 100}, min_r=1, max_r=3, metrics=metrics)
+    dm_id = dm["response"]["deployedModel"]["id"]
+    assert replica_count(srv.url, ep, dm_id) == 1
+
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+    worker = threading.Thread(target=_load, args=(srv.url, ep, x[:20].tolist(), stop, statuses))
+    worker.start()
+    try:
+        wait_for(lambda: replica_count(srv.url, ep, dm_id) >= 2, timeout=120)
+    finally:
+        stop.set()
+        worker.join()
+    assert set(statuses) == {200}, statuses
+    wait_for(lambda: replica_count(srv.url, ep, dm_id) == 1, timeout=120)
+    assert "autoscale" in srv.tail(400)
+
+
+def test_sigkill_replica_under_load_loses_nothing(srv: Any) -> None:
+    clf, x = train()
+    upload(srv.url, "crash", save(srv.home, clf, "crash"))
+    ep = create_endpoint(srv.url, "crash-ep")
+    dm_id = deploy(srv.url, ep, "crash", split={"0": 100}, min_r=2, max_r=2)["response"]["deployedModel"][
+        "id"
+    ]
+    assert srv.proc is not None
+    pids = [p for p in replica_pids(srv.proc.pid) if dm_id in " ".join(psutil.Process(p).cmdline())]
+    assert len(pids) == 2
+
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+    workers = [
+        threading.Thread(target=_load, args=(srv.url, ep, x[:20].tolist(), stop, statuses)) for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        wait_for(lambda: sum(statuses.values()) > 200, timeout=60, interval=0.05)
+        psutil.Process(pids[0]).send_signal(signal.SIGKILL)
+        wait_for(lambda: sum(statuses.values()) > 1500, timeout=60, interval=0.05)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert set(statuses) == {200}, statuses
+    wait_for(lambda: replica_count(srv.url, ep, dm_id) == 2, timeout=60)
+    logs = sorted((srv.home / "logs" / "replicas").glob(f"{dm_id}-*.log"))
+    assert logs and any(log.read_text().count("starting replica") >= 2 for log in logs)
