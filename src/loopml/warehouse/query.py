@@ -257,7 +257,10 @@ def _create_schema(wh: Warehouse, tree: exp.Create, ctx: QueryContext) -> QueryR
 def _drop(wh: Warehouse, tree: exp.Drop, ctx: QueryContext) -> QueryResult:
     kind = str(tree.args.get("kind", "")).upper()
     if_exists = bool(tree.args.get("exists"))
-    node = tree.this
+    tables = tree.args.get("tables") or []
+    node = tables[0] if tables else tree.this
+    if not isinstance(node, exp.Expression):
+        raise InvalidQuery(f"DROP {kind} needs a name.")
     parts = [p.name for p in (node.args.get("catalog"), node.args.get("db"), node.this) if p is not None]
     parts = [p for p in parts if p]
     if kind == "SCHEMA":
