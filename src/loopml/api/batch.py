@@ -34,6 +34,7 @@ def install(app: FastAPI, platform: Platform) -> None:
             raise InvalidArgument(f"Invalid batch prediction job id {segment!r}.")
         return segment
 
+    first_new = len(app.router.routes)
     for prefix in ("/v1", "/v1beta1"):
 
         @app.post(prefix + COLLECTION, include_in_schema=False)
@@ -82,3 +83,8 @@ def install(app: FastAPI, platform: Platform) -> None:
                 service().delete_job, project, location, job_id(segment), operations
             )
             return json_response(out)
+
+    # Other route modules register generic `{collection}` job routes earlier; ours must win.
+    ours = app.router.routes[first_new:]
+    del app.router.routes[first_new:]
+    app.router.routes[0:0] = ours

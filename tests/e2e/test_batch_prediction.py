@@ -1,0 +1,260 @@
+"""Batch prediction through a real server: 1M-row table with a kill -9 mid-job, storage inputs, the SDK."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import orjson
+import pytest
+from sklearn.tree import DecisionTreeClassifier
+
+from loopml.warehouse import Warehouse
+from tests.conftest import ServerProcess
+
+P, L = "proj1", "us-central1"
+PARENT = f"/v1/projects/{P}/locations/{L}"
+SKLEARN_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-2:latest"
+TERMINAL = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+
+
+def _tree() -> DecisionTreeClassifier:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-5, 5, size=(5000, 3))
+    return DecisionTreeClassifier(max_depth=8, random_state=0).fit(
+        x, (x[:, 0] * x[:, 1] + x[:, 2] > 0).astype(int)
+    )
+
+
+def _upload(server: ServerProcess, model: Any, model_id: str = "tree") -> None:
+    target = server.home / "buckets" / "models" / model_id
+    target.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, target / "model.joblib")
+    body = {
+        "modelId": model_id,
+        "model": {
+            "displayName": model_id,
+            "artifactUri": f"gs://models/{model_id}",
+            "containerSpec": {"imageUri": SKLEARN_IMAGE},
+        },
+    }
+    r = httpx.post(f"{server.url}{PARENT}/models:upload", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def _bq(server: ServerProcess, sql: str) -> None:
+    r = httpx.post(
+        f"{server.url}/bigquery/v2/projects/{P}/queries",
+        json={"query": sql, "useLegacySql": False, "timeoutMs": 120_000},
+        timeout=180,
+    )
+    assert r.status_code == 200, r.text
+
+
+def _dataset(server: ServerProcess, name: str) -> None:
+    r = httpx.post(
+        f"{server.url}/bigquery/v2/projects/{P}/datasets",
+        json={"datasetReference": {"projectId": P, "datasetId": name}},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+
+
+def _create(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
+    body = {"displayName": "e2e", "model": f"projects/{P}/locations/{L}/models/tree", **body}
+    r = httpx.post(f"{server.url}{PARENT}/batchPredictionJobs", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _get(server: ServerProcess, name: str) -> dict[str, Any]:
+    r = httpx.get(f"{server.url}/v1/{name}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _wait(server: ServerProcess, name: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _get(server, name)
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {name} did not finish:\n{server.tail()}")
+
+
+@pytest.mark.slow
+def test_million_rows_table_to_table_survives_kill_9(server_factory: Any, tmp_path: Path) -> None:
+    server: ServerProcess = server_factory(
+        env={"LOOPML_BATCH_CHUNK_ROWS": "100000", "LOOPML_BATCH_TEST_PAUSE_AFTER_CHUNK_S": "0.4"}
+    )
+    model = _tree()
+    _upload(server, model)
+    _dataset(server, "ds")
+    _bq(
+        server,
+        "CREATE TABLE ds.src AS SELECT x AS id, MOD(x * 7919, 1000) / 100.0 - 5 AS f0, "
+        "5 * SIN(x) AS f1, 5 * COS(x * 0.37) AS f2 FROM UNNEST(GENERATE_ARRAY(0, 999999)) AS x",
+    )
+    job = _create(
+        server,
+        {
+            "inputConfig": {
+                "instancesFormat": "bigquery",
+                "bigquerySource": {"inputUri": f"bq://{P}.ds.src"},
+            },
+            "instanceConfig": {"excludedFields": ["id"]},
+            "outputConfig": {
+                "predictionsFormat": "bigquery",
+                "bigqueryDestination": {"outputUri": f"bq://{P}.ds"},
+            },
+            "dedicatedResources": {"machineSpec": {"machineType": "n1-standard-4"}, "maxReplicaCount": 2},
+        },
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        progress = _get(server, job["name"])["loopmlProgress"]
+        if 0 < int(progress["processedCount"]) < 1_000_000:
+            break
+        assert time.monotonic() < deadline and progress["processedCount"] != "1000000", server.tail()
+        time.sleep(0.05)
+    server.kill()  # SIGKILL mid-job
+    server.start()
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert done["completionStats"] == {
+        "successfulCount": "1000000",
+        "failedCount": "0",
+        "incompleteCount": "0",
+    }
+    table = done["outputInfo"]["bigqueryOutputTable"]
+    server.stop()  # release the DuckDB file, then read it with the warehouse API
+    warehouse = Warehouse(server.home / "warehouse.duckdb")
+    try:
+        out = warehouse.read_table_arrow(P, "ds", table).to_pandas()
+        errors = warehouse.read_table_arrow(P, "ds", table.replace("predictions_", "errors_"))
+    finally:
+        warehouse.close()
+    assert errors.num_rows == 0
+    assert len(out) == 1_000_000
+    assert np.array_equal(np.sort(out["id"].to_numpy()), np.arange(1_000_000))  # no duplicates, no losses
+    expected = model.predict(out[["f0", "f1", "f2"]].to_numpy())
+    assert np.array_equal(out["prediction"].to_numpy(), expected)
+
+
+def test_storage_sources_and_destinations_with_instance_config(server: ServerProcess) -> None:
+    model = _tree()
+    _upload(server, model)
+    x = np.random.default_rng(5).uniform(-5, 5, size=(400, 3)).round(6)
+    bucket = server.home / "buckets" / "inputs"
+    bucket.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"r{i}", "a": a, "b": b, "c": c, "note": "n"} for i, (a, b, c) in enumerate(x.tolist())]
+    lines = [orjson.dumps(r) for r in rows]
+    lines[10] = orjson.dumps({"id": "r10", "a": "oops", "b": 1.0, "c": 2.0, "note": "n"})  # malformed
+    (bucket / "jsonl").mkdir(exist_ok=True)
+    (bucket / "jsonl" / "a.jsonl").write_bytes(b"\n".join(lines[:200]) + b"\n")
+    (bucket / "jsonl" / "b.jsonl").write_bytes(b"\n".join(lines[200:]) + b"\n")
+    job = _create(
+        server,
+        {
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": ["gs://inputs/jsonl/*.jsonl"]}},
+            "instanceConfig": {"instanceType": "array", "keyField": "id", "includedFields": ["a", "b", "c"]},
+            "outputConfig": {
+                "predictionsFormat": "jsonl",
+                "gcsDestination": {"outputUriPrefix": "gs://outputs/p"},
+            },
+            "manualBatchTuningParameters": {"batchSize": 16},
+        },
+    )
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert (
+        done["completionStats"]["successfulCount"] == "399" and done["completionStats"]["failedCount"] == "1"
+    )
+    out_dir = done["outputInfo"]["gcsOutputDirectory"]
+    assert out_dir.startswith("gs://outputs/p/prediction-tree-")
+    local = server.home / "buckets" / out_dir.removeprefix("gs://")
+    preds = [
+        orjson.loads(line)
+        for f in sorted(local.glob("predictions_*.jsonl"))
+        for line in f.read_bytes().splitlines()
+    ]
+    expected = dict(zip([f"r{i}" for i in range(400)], model.predict(x).tolist(), strict=True))
+    del expected["r10"]
+    assert {p["key"]: p["prediction"] for p in preds} == expected
+    errors = [
+        orjson.loads(line)
+        for f in sorted(local.glob("errors_*.jsonl"))
+        for line in f.read_bytes().splitlines()
+    ]
+    assert len(errors) == 1 and errors[0]["key"] == "r10" and errors[0]["error"]["code"] == 3
+    assert errors[0]["instance"] == ["oops", 1.0, 2.0]
+
+    (bucket / "data.csv").write_text("a,drop,b,c\n" + "".join(f"{a},z,{b},{c}\n" for a, b, c in x.tolist()))
+    job = _create(
+        server,
+        {
+            "inputConfig": {"instancesFormat": "csv", "gcsSource": {"uris": ["gs://inputs/data.csv"]}},
+            "instanceConfig": {"excludedFields": ["drop"]},
+            "outputConfig": {
+                "predictionsFormat": "bigquery",
+                "bigqueryDestination": {"outputUri": f"bq://{P}"},
+            },
+        },
+    )
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    dataset = done["outputInfo"]["bigqueryOutputDataset"].removeprefix(f"bq://{P}.")
+    assert dataset.startswith("prediction_tree_")
+    r = httpx.get(
+        f"{server.url}/bigquery/v2/projects/{P}/datasets/{dataset}/tables/predictions/data",
+        params={"maxResults": 1000},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    got = [int(float(row["f"][-1]["v"])) for row in r.json()["rows"]]
+    assert got == model.predict(x).tolist()
+
+
+def test_vertex_sdk_batch_prediction_job(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform
+    from google.cloud.aiplatform import jobs
+
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    monkeypatch.setattr(jobs, "_JOB_WAIT_TIME", 0.2)
+    model = _tree()
+    _upload(server, model, "sdk-tree")
+    x = np.random.default_rng(9).uniform(-5, 5, size=(50, 3))
+    bucket = server.home / "buckets" / "sdkin"
+    bucket.mkdir(parents=True, exist_ok=True)
+    (bucket / "x.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in x.tolist()) + b"\n")
+    aiplatform.init(
+        project=P,
+        location=L,
+        api_endpoint=server.url,
+        api_transport="rest",
+        credentials=AnonymousCredentials(),
+    )
+    job = aiplatform.BatchPredictionJob.create(
+        job_display_name="sdk",
+        model_name="sdk-tree",
+        instances_format="jsonl",
+        predictions_format="jsonl",
+        gcs_source="gs://sdkin/x.jsonl",
+        gcs_destination_prefix="gs://sdkout/run",
+        machine_type="n1-standard-4",
+        sync=True,
+    )
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+    assert job.completion_stats.successful_count == 50
+    out = server.home / "buckets" / job.output_info.gcs_output_directory.removeprefix("gs://")
+    lines = [orjson.loads(line) for line in (out / "predictions_0001.jsonl").read_bytes().splitlines()]
+    assert [line["prediction"] for line in lines] == model.predict(x).tolist()
+    assert lines[0]["instance"] == x[0].tolist()
+    names = [j.resource_name for j in aiplatform.BatchPredictionJob.list()]
+    assert job.resource_name in names
