@@ -1,0 +1,386 @@
+"""k-means as BigQuery ML trains it, with deterministic, documented centroid numbering.
+
+Lloyd iterations in numpy: distances through BLAS (`X @ C.T`), centroid sums through
+`np.bincount`, in row chunks so memory stays bounded for any NUM_CLUSTERS. Training stops after
+MAX_ITERATIONS, or (EARLY_STOP) after the first iteration whose relative loss improvement is below
+MIN_REL_PROGRESS. The loss is the mean squared distance of the points to their nearest centroid.
+
+Determinism: initial centroids are picked with a fixed seed by a hash of the row *values*, so
+the same training data gives the same model whatever order the rows arrive in. After training,
+centroids are numbered by ascending cluster size (ties by centroid coordinates): CENTROID_ID 1 is
+the smallest cluster. Empty clusters are re-seeded with the point farthest from its centroid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from loopml.errors import InvalidQuery
+
+SEED = 20240601
+RADIUS_FLOOR = 1e-9
+QUANTILE_SAMPLE = 200_000
+QUANTILE_GRID = np.linspace(0.5, 1.0, 501)  # contamination 0.5 .. 0 in steps of 0.001
+
+
+@dataclass
+class KMeansParams:
+    centroids: np.ndarray  # (k, d) in the encoded feature space; row i is CENTROID_ID i + 1
+    distance_type: str
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    quantiles: np.ndarray = field(default_factory=lambda: np.zeros(0))  # normalized distance at QUANTILE_GRID
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    mean_squared_distance: float = 0.0
+    davies_bouldin_index: float = 0.0
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+
+CHUNK = 32_768
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0] = 1.0
+    return x / norms[:, None]
+
+
+def squared_distances(x: np.ndarray, c: np.ndarray, distance_type: str) -> np.ndarray:
+    """(n, k) squared distances: ‖x − c‖² or, for COSINE, 1 − cos(x, c)."""
+    if distance_type == "COSINE":
+        sim = _normalize_rows(x) @ _normalize_rows(c).T
+        return np.clip(1.0 - sim, 0.0, 2.0)
+    g = x @ c.T
+    g *= -2.0
+    g += np.einsum("ij,ij->i", c, c)[None, :]
+    g += np.einsum("ij,ij->i", x, x)[:, None]
+    np.maximum(g, 0.0, out=g)
+    return g
+
+
+class _Pass:
+    """One pass over the data: nearest centroid, squared distance, and per-cluster sums.
+
+    Rows are processed in cache-sized chunks on a small thread pool (numpy and BLAS release
+    the GIL). For COSINE the rows are normalised once and the centroids on every pass, so the
+    same kernel maximises cosine similarity; the squared distance is then 1 − cos.
+    """
+
+    def __init__(self, x: np.ndarray, distance_type: str, pool: ThreadPoolExecutor | None) -> None:
+        self.cosine = distance_type == "COSINE"
+        self.x = _normalize_rows(x) if self.cosine else x
+        self.xsq = None if self.cosine else np.einsum("ij,ij->i", self.x, self.x)
+        self.pool = pool
+        n = self.x.shape[0]
+        self.bounds = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+
+    def run(self, c: np.ndarray, sums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n, d = self.x.shape
+        k = c.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        best = np.empty(n, dtype=np.float64)
+        cc = _normalize_rows(c) if self.cosine else c
+        csq = np.einsum("ij,ij->i", cc, cc)
+        parts_sum = np.zeros((len(self.bounds), k, d)) if sums else None
+        parts_cnt = np.zeros((len(self.bounds), k)) if sums else None
+
+        def chunk(i: int) -> None:
+            a, b = self.bounds[i]
+            xs = self.x[a:b]
+            if k <= 8:
+                lab = np.zeros(b - a, dtype=np.int64)
+                score = xs @ cc[0]
+                if not self.cosine:
+                    score *= -2.0
+                    score += csq[0]
+                for j in range(1, k):
+                    dj = xs @ cc[j]
+                    if self.cosine:
+                        better = dj > score
+                        np.maximum(score, dj, out=score)
+                    else:
+                        dj *= -2.0
+                        dj += csq[j]
+                        better = dj < score
+                        np.minimum(score, dj, out=score)
+                    lab[better] = j
+            else:
+                g = xs @ cc.T
+                if self.cosine:
+                    lab = np.argmax(g, axis=1)
+                else:
+                    g *= -2.0
+                    g += csq[None, :]
+                    lab = np.argmin(g, axis=1)
+                score = np.take_along_axis(g, lab[:, None], 1)[:, 0]
+            if self.cosine:
+                dist = 1.0 - score
+                np.clip(dist, 0.0, 2.0, out=dist)
+            else:
+                assert self.xsq is not None
+                dist = score
+                dist += self.xsq[a:b]
+                np.maximum(dist, 0.0, out=dist)
+            labels[a:b] = lab
+            best[a:b] = dist
+            if parts_sum is not None and parts_cnt is not None:
+                parts_cnt[i] = np.bincount(lab, minlength=k)
+                for j in range(d):
+                    parts_sum[i, :, j] = np.bincount(lab, weights=xs[:, j], minlength=k)
+
+        if self.pool is not None and len(self.bounds) > 1:
+            list(self.pool.map(chunk, range(len(self.bounds))))
+        else:
+            for i in range(len(self.bounds)):
+                chunk(i)
+        total = parts_sum.sum(axis=0) if parts_sum is not None else np.zeros((k, d))
+        counts = parts_cnt.sum(axis=0) if parts_cnt is not None else np.zeros(k)
+        return labels, best, total, counts
+
+
+def assign(x: np.ndarray, c: np.ndarray, distance_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (0-based) and squared distance to it, for every row."""
+    labels, best, _, _ = _Pass(x, distance_type, None).run(c, sums=False)
+    return labels, best
+
+
+def _row_keys(x: np.ndarray, salt: int) -> np.ndarray:
+    """A pseudo-uniform number in (0, 1) per row, a function of the row values only."""
+    rng = np.random.default_rng(SEED + salt)
+    w = rng.standard_normal(x.shape[1]) * 7919.0
+    h = x @ w + rng.uniform(0.1, 0.9)
+    keys = np.abs(np.modf(h * 1.6180339887)[0])
+    return np.clip(keys, 1e-12, 1.0 - 1e-12)
+
+
+def _distinct_error(k: int, found: int) -> InvalidQuery:
+    return InvalidQuery(
+        f"NUM_CLUSTERS is {k} but the training data has only {found} distinct rows; "
+        "lower NUM_CLUSTERS or add data."
+    )
+
+
+def init_random(x: np.ndarray, k: int) -> np.ndarray:
+    """k distinct training rows, picked by seeded value hashes (independent of row order)."""
+    keys = _row_keys(x, 0)
+    m = min(len(keys), 4 * k + 16)
+    cand = np.argpartition(keys, m - 1)[:m] if m < len(keys) else np.arange(len(keys))
+    cand = cand[np.argsort(keys[cand], kind="stable")]
+    chosen = _distinct_rows(x, cand, k)
+    if len(chosen) < k:  # heavily duplicated data: walk the distinct hash values in order
+        uniq_keys, first = np.unique(keys, return_index=True)
+        chosen = _distinct_rows(x, first[np.argsort(uniq_keys, kind="stable")], k)
+        if len(chosen) < k:
+            raise _distinct_error(k, len(chosen))
+    return x[chosen].copy()
+
+
+def _distinct_rows(x: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
+    chosen: list[int] = []
+    for i in candidates:
+        row = x[i]
+        if all(not np.array_equal(row, x[j]) for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == k:
+                break
+    return chosen
+
+
+def init_kmeanspp(x: np.ndarray, k: int, distance_type: str) -> np.ndarray:
+    """k-means++ seeding with an exponential race over value hashes (independent of row order)."""
+    first = int(np.argmin(_row_keys(x, 0)))
+    centers = [x[first].copy()]
+    _, best = assign(x, np.asarray(centers), distance_type)
+    for i in range(1, k):
+        positive = best > 0
+        if not positive.any():
+            raise _distinct_error(k, i)
+        race = np.full(len(best), np.inf)
+        race[positive] = -np.log(_row_keys(x[positive], i)) / best[positive]
+        pick = int(np.argmin(race))
+        centers.append(x[pick].copy())
+        _, d = assign(x, x[pick : pick + 1], distance_type)
+        np.minimum(best, d, out=best)
+    return np.asarray(centers)
+
+
+def train(
+    x: np.ndarray,
+    k: int,
+    *,
+    init: np.ndarray,
+    distance_type: str,
+    max_iterations: int,
+    early_stop: bool,
+    min_rel_progress: float,
+) -> KMeansParams:
+    n = x.shape[0]
+    if n < k:
+        raise InvalidQuery(f"NUM_CLUSTERS is {k} but the training data has only {n} rows.")
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) if n > 2 * CHUNK else nullcontext() as pool:
+        data = _Pass(x, distance_type, pool)
+        c = np.array(init, dtype=np.float64, copy=True)
+        if data.cosine:
+            c = _normalize_rows(c)
+        labels, best, sums, counts = data.run(c)
+        loss = float(best.mean())
+        iterations: list[dict[str, Any]] = []
+        for it in range(max_iterations):
+            t0 = time.perf_counter()
+            nonempty = counts > 0
+            c = c.copy()
+            c[nonempty] = sums[nonempty] / counts[nonempty, None]
+            empty = np.nonzero(~nonempty)[0]
+            if len(empty):  # re-seed with the points farthest from their centroids
+                far = np.argsort(-best, kind="stable")[: len(empty)]
+                c[empty] = data.x[far]
+            labels, best, sums, counts = data.run(c)
+            new_loss = float(best.mean())
+            iterations.append(
+                {"iteration": it, "loss": new_loss, "duration_ms": int((time.perf_counter() - t0) * 1000)}
+            )
+            rel = (loss - new_loss) / loss if loss > 0 else 0.0
+            loss = new_loss
+            if early_stop and rel < min_rel_progress and not len(empty):
+                break
+        params = _finish(data, c, labels, best, distance_type)
+    params.iterations = iterations
+    return params
+
+
+def _finish(
+    data: _Pass, c: np.ndarray, labels: np.ndarray, best: np.ndarray, distance_type: str
+) -> KMeansParams:
+    k = c.shape[0]
+    sizes = np.bincount(labels, minlength=k)
+    # Number by ascending size, ties by centroid coordinates: ID 1 is the smallest cluster.
+    order = sorted(range(k), key=lambda i: (int(sizes[i]), tuple(float(v) for v in c[i])))
+    remap = np.empty(k, dtype=np.int64)
+    remap[np.asarray(order)] = np.arange(k)
+    c = c[order]
+    labels = remap[labels]
+    sizes = sizes[order]
+    sq_sum = np.bincount(labels, weights=best, minlength=k)
+    radii = np.sqrt(np.divide(sq_sum, sizes, out=np.zeros(k), where=sizes > 0))
+    params = KMeansParams(centroids=c, distance_type=distance_type, sizes=sizes, radii=radii)
+    norm = _normalized(data, params)[0]
+    params.quantiles = _quantiles(norm)
+    params.mean_squared_distance = float(best.mean())
+    dist_sum = np.bincount(labels, weights=np.sqrt(best), minlength=k)
+    scatter = np.divide(dist_sum, sizes, out=np.zeros(k), where=sizes > 0)
+    params.davies_bouldin_index = davies_bouldin(c, scatter, sizes, distance_type)
+    return params
+
+
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    """np.quantile over QUANTILE_GRID on the upper half; above 200,000 rows on an even sample."""
+    if len(values) > QUANTILE_SAMPLE:
+        values = values[:: -(-len(values) // QUANTILE_SAMPLE)]
+    n = len(values)
+    lo = max(0, int(np.floor(0.5 * (n - 1))))
+    top = np.partition(values, lo)[lo:]
+    top.sort()
+    pos = QUANTILE_GRID * (n - 1) - lo
+    return np.interp(pos, np.arange(len(top)), top)
+
+
+def davies_bouldin(c: np.ndarray, scatter: np.ndarray, sizes: np.ndarray, distance_type: str) -> float:
+    live = np.nonzero(sizes > 0)[0]
+    if len(live) < 2:
+        return 0.0
+    sep = np.sqrt(squared_distances(c[live], c[live], distance_type))
+    s = scatter[live]
+    ratios = (s[:, None] + s[None, :]) / np.where(sep > 0, sep, np.inf)
+    np.fill_diagonal(ratios, -np.inf)
+    return float(np.mean(ratios.max(axis=1)))
+
+
+def distances(x: np.ndarray, params: KMeansParams) -> np.ndarray:
+    """(n, k) distances to every centroid (Euclidean, or √(1 − cos) for COSINE)."""
+    return np.sqrt(squared_distances(x, params.centroids, params.distance_type))
+
+
+def normalized_distance(x: np.ndarray, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
+    """min over centroids of distance / cluster radius, and the (0-based) centroid attaining it."""
+    return _normalized(_Pass(x, params.distance_type, None), params)
+
+
+def _normalized(data: _Pass, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
+    n = data.x.shape[0]
+    radii = np.maximum(params.radii, RADIUS_FLOOR)
+    cc = _normalize_rows(params.centroids) if data.cosine else params.centroids
+    csq = np.einsum("ij,ij->i", cc, cc)
+    out = np.empty(n)
+    which = np.empty(n, dtype=np.int64)
+
+    def chunk(i: int) -> None:
+        a, b = data.bounds[i]
+        g = data.x[a:b] @ cc.T
+        if data.cosine:
+            sq = 1.0 - g
+        else:
+            assert data.xsq is not None
+            g *= -2.0
+            g += csq[None, :]
+            g += data.xsq[a:b, None]
+            sq = g
+        np.maximum(sq, 0.0, out=sq)
+        ratio = np.sqrt(sq) / radii[None, :]
+        lab = np.argmin(ratio, axis=1)
+        which[a:b] = lab
+        out[a:b] = np.take_along_axis(ratio, lab[:, None], 1)[:, 0]
+
+    if data.pool is not None and len(data.bounds) > 1:
+        list(data.pool.map(chunk, range(len(data.bounds))))
+    else:
+        for i in range(len(data.bounds)):
+            chunk(i)
+    return out, which
+
+
+def threshold(params: KMeansParams, contamination: float) -> float:
+    """The training normalized distance above which a fraction `contamination` of points lie."""
+    q = 1.0 - contamination
+    return float(np.interp(q, QUANTILE_GRID, params.quantiles))
+
+
+def to_arrays(params: KMeansParams) -> dict[str, np.ndarray]:
+    return {
+        "centroids": params.centroids,
+        "sizes": params.sizes,
+        "radii": params.radii,
+        "quantiles": params.quantiles,
+    }
+
+
+def to_meta(params: KMeansParams) -> dict[str, Any]:
+    return {
+        "distance_type": params.distance_type,
+        "iterations": params.iterations,
+        "mean_squared_distance": params.mean_squared_distance,
+        "davies_bouldin_index": params.davies_bouldin_index,
+    }
+
+
+def from_stored(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> KMeansParams:
+    return KMeansParams(
+        centroids=np.asarray(arrays["centroids"], dtype=np.float64),
+        distance_type=str(meta["distance_type"]),
+        sizes=np.asarray(arrays["sizes"], dtype=np.int64),
+        radii=np.asarray(arrays["radii"], dtype=np.float64),
+        quantiles=np.asarray(arrays["quantiles"], dtype=np.float64),
+        iterations=list(meta.get("iterations", [])),
+        mean_squared_distance=float(meta.get("mean_squared_distance", 0.0)),
+        davies_bouldin_index=float(meta.get("davies_bouldin_index", 0.0)),
+    )
