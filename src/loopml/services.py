@@ -45,6 +45,16 @@ def build(platform: Platform) -> None:
     warehouse = Warehouse(platform.settings.resolved_warehouse_path(), platform.artifacts)
     platform.services["warehouse"] = warehouse
     platform.on_stop("warehouse", warehouse.close)
+    # sqlml (ML): CREATE/DROP/EXPORT MODEL and ML.* on the warehouse; bqml-* predictors for serving
+    from loopml.serving.loaders import register_loader
+    from loopml.sqlml.predictor import load_predictor
+    from loopml.sqlml.service import SqlMLService
+
+    sqlml = SqlMLService(warehouse, platform.artifacts, platform.services["registry"])
+    sqlml.install()
+    platform.services["sqlml"] = sqlml
+    for _framework in ("bqml-kmeans", "bqml-linear", "bqml-logistic", "bqml-boosted"):
+        register_loader(_framework, load_predictor)
     # ingest (INGEST): the warehouse and serving are looked up lazily (built later, or absent)
     from loopml.ingest import IngestService
 
@@ -64,6 +74,26 @@ def build(platform: Platform) -> None:
     platform.on_start("ingest", ingest.start)
     platform.on_stop("ingest", ingest.stop)
     # -- envs / images / training -----------------------------------------------------------
+    # envs + images (IMG): venvs cached by hash under $LOOPML_HOME/envs, image catalog under
+    # $LOOPML_HOME/images (the CLI builds into the same files), the /gcs view of the buckets
+    from loopml.envs import EnvManager, GcsView
+    from loopml.images import ImageService
+
+    _settings = platform.settings
+    envs = EnvManager(
+        _settings.resolved_home() / "envs",
+        cache_dir=_settings.uv_cache_dir,
+        use_uv=_settings.envs_use_uv,
+        offline=_settings.envs_offline,
+    )
+    platform.services["envs"] = envs
+    gcs_view = GcsView(platform.artifacts.buckets_dir, _settings.gcs_mount)
+    platform.services["gcs"] = gcs_view
+    platform.services["images"] = ImageService(
+        _settings.resolved_home() / "images", envs, prebuilt_mode=_settings.prebuilt_envs, gcs=gcs_view
+    )
+    if _settings.gcs_mount is not None:
+        platform.on_start("gcs-mount", gcs_view.ensure_mount)
     # training (JOBS): after envs/images, before serving; looks images/envs/registry up lazily
     from loopml import training
 
