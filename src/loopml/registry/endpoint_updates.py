@@ -168,6 +168,7 @@ class EndpointUpdates:
                 if dm is None:
                     raise NotFound(f"Deployed model {dm_id} not found on endpoint {name}.")
                 old_resources, old_extra = copy.deepcopy(dm.resources), copy.deepcopy(dm.extra)
+                old_state = (row.etag, row.update_time)
                 res = copy.deepcopy(dm.resources)
                 extra = copy.deepcopy(dm.extra or {})
                 for p in paths:
@@ -201,6 +202,7 @@ class EndpointUpdates:
                     log.warning("mutating %s failed: %s", dm_id, exc)
                     with self.db.session() as session:
                         row = self._endpoint_row(session, project, location, endpoint_id)
+                        row.etag, row.update_time = old_state
                         for d in row.deployed_models:
                             if d.deployed_model_id == dm_id:
                                 d.resources, d.extra = old_resources, old_extra

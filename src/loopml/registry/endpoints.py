@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 from collections.abc import MutableMapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -347,7 +348,7 @@ class EndpointService(EndpointUpdates):
                 dm.model_version = version_row
                 row.deployed_models.append(dm)
                 row.traffic_split = new_split
-                old_etag = row.etag
+                old_state = (row.etag, row.update_time)
                 self._touch(row)
                 session.flush()
                 spec = dep.deployed_model_spec(row, dm)
@@ -356,14 +357,14 @@ class EndpointService(EndpointUpdates):
                 backend.deploy(spec)
             except Exception as exc:
                 log.warning("deploying %s on %s failed: %s", dm_id, name, exc)
-                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_etag)
+                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_state)
                 return self._failed(name, exc)
             try:
                 backend.set_endpoint(ep_spec)
             except Exception as exc:
                 log.warning("routing update for %s failed after deploy: %s", name, exc)
                 self._safe(lambda: backend.undeploy(dm_id))
-                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_etag)
+                self._rollback_deploy(project, location, endpoint_id, dm_id, old_split, old_state)
                 return self._failed(name, exc)
             with self.db.session() as session:
                 row = self._endpoint_row(session, project, location, endpoint_id)
@@ -374,7 +375,13 @@ class EndpointService(EndpointUpdates):
                 )
 
     def _rollback_deploy(
-        self, project: str, location: str, endpoint_id: str, dm_id: str, split: dict[str, int], etag: str
+        self,
+        project: str,
+        location: str,
+        endpoint_id: str,
+        dm_id: str,
+        split: dict[str, int],
+        state: tuple[str, datetime],
     ) -> None:
         with self.db.session() as session:
             row = self._endpoint_row(session, project, location, endpoint_id)
@@ -383,7 +390,7 @@ class EndpointService(EndpointUpdates):
                     row.deployed_models.remove(dm)
                     session.delete(dm)
             row.traffic_split = split
-            row.etag = etag
+            row.etag, row.update_time = state
             session.flush()
 
     def _failed(self, name: str, exc: Exception) -> dict[str, Any]:

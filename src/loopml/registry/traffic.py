@@ -108,7 +108,7 @@ def deploy_split(current: dict[str, int], percentage: int) -> dict[str, int]:
             )
         return {NEW_MODEL_KEY: 100}
     if percentage == 100:
-        return {**{k: 0 for k in current}, NEW_MODEL_KEY: 100}
+        return {NEW_MODEL_KEY: 100}  # the old ids drop to 0
     rest = 100 - percentage
     new = {k: math.floor(v / 100 * rest) for k, v in current.items()}
     _spread(new, rest - sum(new.values()))
