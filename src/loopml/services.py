@@ -93,7 +93,7 @@ def build(platform: Platform) -> None:
         _settings.resolved_home() / "images", envs, prebuilt_mode=_settings.prebuilt_envs, gcs=gcs_view
     )
     if _settings.gcs_mount is not None:
-        platform.on_start("gcs-mount", gcs_view.ensure_mount)
+        platform.on_start("gcs-mount", gcs_view.mount_hook)
     # training (JOBS): after envs/images, before serving; looks images/envs/registry up lazily
     from loopml import training
 

@@ -63,10 +63,18 @@ class GcsView:
 
     def env(self) -> dict[str, str]:
         """Variables for a job or replica process."""
-        out = {"LOOPML_GCS_ROOT": str(self.buckets_dir)}
+        # gcsfs >= 2025 probes bucket types over gRPC (no emulator speaks it): keep it on JSON/HTTP.
+        out = {"LOOPML_GCS_ROOT": str(self.buckets_dir), "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
         if self.mount_ok():
             out["LOOPML_GCS_MOUNT"] = str(self.mount)
         return out
+
+    def mount_hook(self) -> None:
+        """Start hook for the server: make the link, log (never fail) when it cannot be made."""
+        try:
+            self.ensure_mount()
+        except FailedPrecondition as exc:
+            log.warning("%s", exc.message)
 
     def ensure_mount(self) -> bool:
         """Create the `/gcs` symlink to the buckets dir; True when it is in place."""

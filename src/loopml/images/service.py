@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loopml.envs.gcs import GcsView
 from loopml.envs.manager import META, EnvManager, Progress
 from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 from loopml.images.builder import DockerfileBuild
@@ -40,13 +41,24 @@ UsageCheck = Callable[[list[str]], list[str]]
 
 
 class ImageService:
-    def __init__(self, root: Path, envs: EnvManager, *, prebuilt_mode: str = "isolated") -> None:
+    def __init__(
+        self, root: Path, envs: EnvManager, *, prebuilt_mode: str = "isolated", gcs: GcsView | None = None
+    ) -> None:
         if prebuilt_mode not in ("isolated", "host"):
             raise InvalidArgument(f"prebuilt_envs must be 'isolated' or 'host', not {prebuilt_mode!r}.")
         self.catalog = Catalog(root)
         self.envs = envs
         self.prebuilt_mode = prebuilt_mode
         self._usage_checks: list[UsageCheck] = []
+        self.gcs = gcs
+
+    def gcs_view_env(self) -> dict[str, str]:
+        """Variables for job and replica processes: `LOOPML_GCS_ROOT` (and the mount when made)."""
+        return self.gcs.env() if self.gcs is not None else {}
+
+    def gcs_path(self, uri: str) -> str:
+        """`gs://B/P` → the local path of the `/gcs/B/P` view (unchanged without a view)."""
+        return self.gcs.gcs_path(uri) if self.gcs is not None else uri
 
     def add_usage_check(self, check: UsageCheck) -> None:
         self._usage_checks.append(check)
