@@ -158,3 +158,44 @@ def decode_parameters(
         _param_value(p.get("parameterType") or {}, p.get("parameterValue"), f"#{i + 1}")
         for i, p in enumerate(params)
     ]
+
+
+# -- decoding (CLI and tests) -------------------------------------------------------------------
+def _decode_scalar(kind: str, value: str) -> Any:
+    if kind == "INTEGER":
+        return int(value)
+    if kind == "FLOAT":
+        return float(value)
+    if kind == "BOOLEAN":
+        return value == "true"
+    if kind == "TIMESTAMP":
+        seconds = int(value) / 1_000_000 if value.lstrip("-").isdigit() else float(value)
+        return (_EPOCH + dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def decode_cell(field: Field, cell: Any) -> Any:
+    if cell is None:
+        return None
+    kind = legacy_type(field["type"])
+    if field.get("mode") == "REPEATED":
+        return [_decode_one(field, kind, item.get("v")) for item in cell]
+    return _decode_one(field, kind, cell)
+
+
+def _decode_one(field: Field, kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "RECORD":
+        return {
+            sub["name"]: decode_cell(sub, c.get("v"))
+            for sub, c in zip(field["fields"], value["f"], strict=True)
+        }
+    return _decode_scalar(kind, value)
+
+
+def decode_rows(rows: list[dict[str, Any]], schema: list[Field]) -> list[dict[str, Any]]:
+    """`[{"f": [{"v": ...}]}]` → plain dicts (TIMESTAMPs as ISO strings in UTC)."""
+    return [
+        {f["name"]: decode_cell(f, c.get("v")) for f, c in zip(schema, row["f"], strict=True)} for row in rows
+    ]
