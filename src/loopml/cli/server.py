@@ -16,6 +16,11 @@ def server(
     port: int = typer.Option(None, help="Port to listen on (default 8080; LOOPML_PORT)."),
     home: Path = typer.Option(None, help="State directory (default ~/.loopml; LOOPML_HOME)."),
     log_level: str = typer.Option(None, help="Log level (default INFO; LOOPML_LOG_LEVEL)."),
+    gcs_mount: Path = typer.Option(
+        None,
+        "--gcs-mount",
+        help="Link this path (e.g. /gcs) to the buckets, as Vertex jobs see them (LOOPML_GCS_MOUNT).",
+    ),
 ) -> None:
     """Run the loopml server (Vertex AI, BigQuery, Pub/Sub and GCS APIs) until interrupted."""
     import uvicorn
@@ -25,7 +30,7 @@ def server(
     from loopml.config import Settings
     from loopml.platform import Platform
 
-    settings = Settings.from_env(host=host, port=port, home=home, log_level=log_level)
+    settings = Settings.from_env(host=host, port=port, home=home, log_level=log_level, gcs_mount=gcs_mount)
     logs.configure(settings.log_level)
     platform = Platform.open(settings)
     app = create_app(platform)
