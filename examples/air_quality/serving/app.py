@@ -58,12 +58,12 @@ app = Flask(__name__)
 
 
 @app.route(HEALTH_ROUTE, methods=["GET"])
-def health():  # noqa: ANN201
+def health():
     return jsonify({"status": "healthy"})
 
 
 @app.route(PREDICT_ROUTE, methods=["POST"])
-def predict():  # noqa: ANN201
+def predict():
     body = request.get_json(force=True, silent=True) or {}
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:

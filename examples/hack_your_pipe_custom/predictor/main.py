@@ -19,7 +19,7 @@ from google.cloud import storage
 FEATURES = ["tax", "shipping", "value"]
 
 
-def load_model(storage_uri: str):  # noqa: ANN201 - a fitted sklearn estimator
+def load_model(storage_uri: str):
     if not storage_uri.startswith("gs://"):
         raise RuntimeError(f"AIP_STORAGE_URI must be a gs:// URI, got {storage_uri!r}")
     bucket, _, prefix = storage_uri[len("gs://") :].partition("/")
@@ -43,7 +43,9 @@ async def predict(request: Request) -> dict[str, list[bool]]:
     body = await request.json()
     instances = body.get("instances") if isinstance(body, dict) else None
     if not isinstance(instances, list) or not instances:
-        raise HTTPException(status_code=400, detail="body must be {'instances': [{tax, shipping, value}, ...]}")
+        raise HTTPException(
+            status_code=400, detail="body must be {'instances': [{tax, shipping, value}, ...]}"
+        )
     try:
         frame = pd.DataFrame([{f: float(row[f]) for f in FEATURES} for row in instances], columns=FEATURES)
     except (KeyError, TypeError, ValueError) as exc:
