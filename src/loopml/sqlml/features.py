@@ -159,7 +159,7 @@ class FeatureEncoder:
                     "min": float(valid.min()),
                     "max": float(valid.max()),
                     "mean": mean,
-                    "median": float(np.median(valid)),
+                    "median": float(np.median(valid[:: -(-valid.size // 200_000)])),  # approximate
                     "stddev": std,
                     "null_count": nulls,
                 }

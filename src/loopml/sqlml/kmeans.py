@@ -27,6 +27,8 @@ from loopml.errors import InvalidQuery
 SEED = 20240601
 RADIUS_FLOOR = 1e-9
 QUANTILE_SAMPLE = 200_000
+INIT_TRIALS = 20
+INIT_SAMPLE = 5_000
 QUANTILE_GRID = np.linspace(0.5, 1.0, 501)  # contamination 0.5 .. 0 in steps of 0.001
 
 
@@ -170,9 +172,9 @@ def _distinct_error(k: int, found: int) -> InvalidQuery:
     )
 
 
-def init_random(x: np.ndarray, k: int) -> np.ndarray:
+def init_random(x: np.ndarray, k: int, salt: int = 0) -> np.ndarray:
     """k distinct training rows, picked by seeded value hashes (independent of row order)."""
-    keys = _row_keys(x, 0)
+    keys = _row_keys(x, 1000 * salt)
     m = min(len(keys), 4 * k + 16)
     cand = np.argpartition(keys, m - 1)[:m] if m < len(keys) else np.arange(len(keys))
     cand = cand[np.argsort(keys[cand], kind="stable")]
@@ -196,22 +198,90 @@ def _distinct_rows(x: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def init_kmeanspp(x: np.ndarray, k: int, distance_type: str) -> np.ndarray:
-    """k-means++ seeding with an exponential race over value hashes (independent of row order)."""
-    first = int(np.argmin(_row_keys(x, 0)))
+def init_kmeanspp(x: np.ndarray, k: int, distance_type: str, salt: int = 0) -> np.ndarray:
+    """Greedy k-means++ seeding (2 + ln k candidates per centre, the one cutting the potential most).
+
+    Candidates are drawn with probability ∝ D² by an exponential race over value hashes, so the
+    choice does not depend on row order.
+    """
+    first = int(np.argmin(_row_keys(x, 1000 * salt)))
     centers = [x[first].copy()]
     _, best = assign(x, np.asarray(centers), distance_type)
+    local = 2 + int(np.log(k))
     for i in range(1, k):
-        positive = best > 0
-        if not positive.any():
+        positive = np.nonzero(best > 0)[0]
+        if not len(positive):
             raise _distinct_error(k, i)
-        race = np.full(len(best), np.inf)
-        race[positive] = -np.log(_row_keys(x[positive], i)) / best[positive]
-        pick = int(np.argmin(race))
-        centers.append(x[pick].copy())
-        _, d = assign(x, x[pick : pick + 1], distance_type)
-        np.minimum(best, d, out=best)
+        race = -np.log(_row_keys(x[positive], 1000 * salt + i)) / best[positive]
+        m = min(local, len(positive))
+        candidates = positive[np.argsort(race, kind="stable")[:m]]
+        options = [np.minimum(best, assign(x, x[c : c + 1], distance_type)[1]) for c in candidates]
+        j = int(np.argmin([o.sum() for o in options]))
+        centers.append(x[candidates[j]].copy())
+        best = options[j]
     return np.asarray(centers)
+
+
+def _lloyd(
+    data: _Pass, c: np.ndarray, max_iterations: int, early_stop: bool, min_rel_progress: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], float]:
+    """Lloyd iterations from centroids `c`; returns centroids, labels, squared distances, log, loss."""
+    c = np.array(c, dtype=np.float64, copy=True)
+    if data.cosine:
+        c = _normalize_rows(c)
+    labels, best, sums, counts = data.run(c)
+    loss = float(best.mean())
+    iterations: list[dict[str, Any]] = []
+    for it in range(max_iterations):
+        t0 = time.perf_counter()
+        nonempty = counts > 0
+        c = c.copy()
+        c[nonempty] = sums[nonempty] / counts[nonempty, None]
+        empty = np.nonzero(~nonempty)[0]
+        if len(empty):  # re-seed with the points farthest from their centroids
+            far = np.argsort(-best, kind="stable")[: len(empty)]
+            c[empty] = data.x[far]
+        labels, best, sums, counts = data.run(c)
+        new_loss = float(best.mean())
+        iterations.append(
+            {"iteration": it, "loss": new_loss, "duration_ms": int((time.perf_counter() - t0) * 1000)}
+        )
+        rel = (loss - new_loss) / loss if loss > 0 else 0.0
+        loss = new_loss
+        if early_stop and rel < min_rel_progress and not len(empty):
+            break
+    return c, labels, best, iterations, loss
+
+
+def best_start(
+    x: np.ndarray, k: int, method: str, distance_type: str, *, max_iterations: int, min_rel_progress: float
+) -> np.ndarray:
+    """Starting centroids: the best of INIT_TRIALS seeded initialisations, each refined on a sample.
+
+    Every trial picks initial rows with its own seed (KMEANS++: greedy D² seeding; RANDOM:
+    alternately distinct random rows and greedy D² seeding), runs Lloyd on an evenly spaced sample of at most INIT_SAMPLE rows, and the
+    trial with the lowest sample loss wins. This keeps one unlucky draw (two rows of the same
+    cluster) from deciding the model, at the cost of a few passes over a small sample.
+    """
+    n = x.shape[0]
+    sample = x[:: -(-n // INIT_SAMPLE)] if n > INIT_SAMPLE else x
+    data = _Pass(sample, distance_type, None)
+    best_c: np.ndarray | None = None
+    best_loss = np.inf
+    for trial in range(INIT_TRIALS):
+        try:
+            if method == "KMEANS++" or trial % 2 == 0:
+                init = init_kmeanspp(sample, k, distance_type, trial)
+            else:
+                init = init_random(sample, k, trial)
+        except InvalidQuery:
+            break  # the sample has fewer distinct rows than k: seed from all rows below
+        c, _, _, _, loss = _lloyd(data, init, max_iterations, True, min_rel_progress)
+        if loss < best_loss:
+            best_c, best_loss = c, loss
+    if best_c is None:
+        return init_kmeanspp(x, k, distance_type, 0) if method == "KMEANS++" else init_random(x, k, 0)
+    return best_c
 
 
 def train(
@@ -230,30 +300,7 @@ def train(
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) if n > 2 * CHUNK else nullcontext() as pool:
         data = _Pass(x, distance_type, pool)
-        c = np.array(init, dtype=np.float64, copy=True)
-        if data.cosine:
-            c = _normalize_rows(c)
-        labels, best, sums, counts = data.run(c)
-        loss = float(best.mean())
-        iterations: list[dict[str, Any]] = []
-        for it in range(max_iterations):
-            t0 = time.perf_counter()
-            nonempty = counts > 0
-            c = c.copy()
-            c[nonempty] = sums[nonempty] / counts[nonempty, None]
-            empty = np.nonzero(~nonempty)[0]
-            if len(empty):  # re-seed with the points farthest from their centroids
-                far = np.argsort(-best, kind="stable")[: len(empty)]
-                c[empty] = data.x[far]
-            labels, best, sums, counts = data.run(c)
-            new_loss = float(best.mean())
-            iterations.append(
-                {"iteration": it, "loss": new_loss, "duration_ms": int((time.perf_counter() - t0) * 1000)}
-            )
-            rel = (loss - new_loss) / loss if loss > 0 else 0.0
-            loss = new_loss
-            if early_stop and rel < min_rel_progress and not len(empty):
-                break
+        c, labels, best, iterations, _ = _lloyd(data, init, max_iterations, early_stop, min_rel_progress)
         params = _finish(data, c, labels, best, distance_type)
     params.iterations = iterations
     return params
@@ -326,20 +373,28 @@ def _normalized(data: _Pass, params: KMeansParams) -> tuple[np.ndarray, np.ndarr
 
     def chunk(i: int) -> None:
         a, b = data.bounds[i]
-        g = data.x[a:b] @ cc.T
-        if data.cosine:
-            sq = 1.0 - g
-        else:
-            assert data.xsq is not None
-            g *= -2.0
-            g += csq[None, :]
-            g += data.xsq[a:b, None]
-            sq = g
-        np.maximum(sq, 0.0, out=sq)
-        ratio = np.sqrt(sq) / radii[None, :]
-        lab = np.argmin(ratio, axis=1)
+        xs = data.x[a:b]
+        xq = None if data.cosine else data.xsq[a:b]  # type: ignore[index]
+        lab = np.zeros(b - a, dtype=np.int64)
+        ratio = np.empty(0)
+        for j in range(params.k):  # one centroid at a time: no (n, k) temporaries
+            dj = xs @ cc[j]
+            if data.cosine:
+                dj = 1.0 - dj
+            else:
+                dj *= -2.0
+                dj += csq[j]
+                dj += xq
+            np.maximum(dj, 0.0, out=dj)
+            np.sqrt(dj, out=dj)
+            dj /= radii[j]
+            if j == 0:
+                ratio = dj
+            else:
+                lab[dj < ratio] = j
+                np.minimum(ratio, dj, out=ratio)
         which[a:b] = lab
-        out[a:b] = np.take_along_axis(ratio, lab[:, None], 1)[:, 0]
+        out[a:b] = ratio
 
     if data.pool is not None and len(data.bounds) > 1:
         list(data.pool.map(chunk, range(len(data.bounds))))

@@ -102,10 +102,14 @@ def _train_kmeans(table: pa.Table, o: dict[str, Any], warm: SqlModel | None) -> 
             k = default_num_clusters(n)
         if n < k:
             raise InvalidQuery(f"NUM_CLUSTERS is {k} but the training query returned only {n} rows.")
-        if o["KMEANS_INIT_METHOD"] == "KMEANS++":
-            init = kmeans.init_kmeanspp(x, k, o["DISTANCE_TYPE"])
-        else:
-            init = kmeans.init_random(x, k)
+        init = kmeans.best_start(
+            x,
+            k,
+            o["KMEANS_INIT_METHOD"],
+            o["DISTANCE_TYPE"],
+            max_iterations=o["MAX_ITERATIONS"],
+            min_rel_progress=o["MIN_REL_PROGRESS"],
+        )
     params = kmeans.train(
         x,
         k,
