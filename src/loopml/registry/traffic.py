@@ -74,14 +74,14 @@ def split_for_undeploy(
     Undeploying the last model empties the split. Otherwise the model must have no traffic, or
     the requested split must take it away.
     """
+    if requested.get(removed_id, 0) != 0:
+        raise FailedPrecondition(
+            f"trafficSplit still gives {requested[removed_id]}% to deployed model {removed_id}, "
+            "which is being undeployed."
+        )
     if not remaining_ids:
         return {}
     if requested:
-        if requested.get(removed_id, 0) != 0:
-            raise FailedPrecondition(
-                f"trafficSplit still gives {requested[removed_id]}% to deployed model {removed_id}, "
-                "which is being undeployed."
-            )
         cleaned = {k: v for k, v in requested.items() if k != removed_id}
         check_split(cleaned, remaining_ids)
         return cleaned
