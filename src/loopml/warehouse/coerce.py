@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from loopml.warehouse.schema import Field, arrow_type, legacy_type
+from loopml.warehouse.schema import Field, arrow_type
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
@@ -201,101 +201,37 @@ class RowConverter:
     """Converts JSON rows for one table schema; build once per schema and reuse."""
 
     def __init__(self, schema: list[Field], *, ignore_unknown: bool = False) -> None:
+        from loopml.warehouse.fastconv import compile_converter
+
         self.schema = schema
         self.ignore_unknown = ignore_unknown
         self.names = [f["name"] for f in schema]
-        self.arrow_types = [arrow_type(f) for f in schema]
-        self._convs = [self._field_conv(f, ignore_unknown) for f in schema]
-        self._known = frozenset(self.names)
-        self._lower = {n.lower(): n for n in self.names}
-
-    def _field_conv(self, field: Field, ignore_unknown: bool) -> Conv:
-        legacy = legacy_type(field["type"])
-        mode = field.get("mode", "NULLABLE")
-        name = field["name"]
-        if legacy == "RECORD":
-            sub = RowConverter(field["fields"], ignore_unknown=ignore_unknown)
-
-            def record(v: Any, path: str) -> Any:
-                if not isinstance(v, dict):
-                    raise RowError(path, f"Field {path} is a RECORD: expected a JSON object, got {v!r}.")
-                return sub.convert_one(v, path + ".")
-
-            scalar: Conv = record
-        else:
-            scalar = _SCALARS[legacy]
-        if mode == "REPEATED":
-
-            def repeated(v: Any, path: str) -> Any:
-                if v is None:
-                    return []
-                if not isinstance(v, list):
-                    raise RowError(path, f"Field {path} is REPEATED: expected a JSON array, got {v!r}.")
-                out = []
-                for i, item in enumerate(v):
-                    if item is None:
-                        raise RowError(f"{path}[{i}]", f"Array field {path} cannot contain a NULL element.")
-                    out.append(scalar(item, f"{path}[{i}]"))
-                return out
-
-            return repeated
-        if mode == "REQUIRED":
-
-            def required(v: Any, path: str) -> Any:
-                if v is None:
-                    raise RowError(path, f"Missing required field: {path}.")
-                return scalar(v, path)
-
-            return required
-
-        def nullable(v: Any, path: str) -> Any:
-            return None if v is None else scalar(v, path)
-
-        del name
-        return nullable
-
-    def _canonical(self, row: dict[str, Any], prefix: str) -> dict[str, Any]:
-        """Map keys case-insensitively onto field names; unknown keys are errors unless ignored."""
-        out: dict[str, Any] = {}
-        for key, value in row.items():
-            name = self._lower.get(key.lower()) if isinstance(key, str) else None
-            if name is None:
-                if self.ignore_unknown:
-                    continue
-                raise RowError(prefix + str(key), f"no such field: {prefix}{key}.")
-            out[name] = value
-        return out
+        self.arrow_schema = pa.schema([pa.field(f["name"], arrow_type(f)) for f in schema])
+        self._convert_one = compile_converter(schema, _SCALARS, RowError, ignore_unknown=ignore_unknown)
 
     def convert_one(self, row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        if not self._known.issuperset(row):
-            row = self._canonical(row, prefix)
-        get = row.get
-        return {
-            name: conv(get(name), prefix + name) for name, conv in zip(self.names, self._convs, strict=True)
-        }
+        """One row with every value coerced to its column type; raises RowError."""
+        return self._convert_one(row, prefix)
 
     def convert(self, rows: list[Any]) -> tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]:
         """(converted rows, their indexes in `rows`, insert errors for the others)."""
         good: list[dict[str, Any]] = []
         kept: list[int] = []
         errors: list[dict[str, Any]] = []
+        conv = self._convert_one
         for index, row in enumerate(rows):
-            if not isinstance(row, dict):
+            if type(row) is not dict:
                 errors.append(_error(index, "", f"Row {index} is not a JSON object."))
                 continue
             try:
-                good.append(self.convert_one(row))
+                good.append(conv(row, ""))
                 kept.append(index)
             except RowError as exc:
                 errors.append(_error(index, exc.location, exc.message))
         return good, kept, errors
 
     def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
-        columns = [
-            pa.array([r[name] for r in rows], type=t)
-            for name, t in zip(self.names, self.arrow_types, strict=True)
-        ]
-        return pa.Table.from_arrays(columns, names=self.names)
+        return pa.Table.from_pylist(rows, schema=self.arrow_schema)
 
 
 def _error(index: int, location: str, message: str) -> dict[str, Any]:
