@@ -1,6 +1,10 @@
 """The message log: one SQLite file (WAL, synchronous=FULL) with topics, subscriptions, messages,
 cursors, leases and dead letters.
 
+Messages are stored in segments: one row per published batch holds its messages' data
+concatenated (with their sizes), so a request of 1,000 events costs one B-tree insert. Every
+message still has its own sequence number (`first_seq + i`), which is also its message id.
+
 Every write goes through one writer thread. Jobs queued while a commit is running are run
 together in the next transaction (group commit): a publish is acknowledged only after the
 transaction holding its messages has been committed and fsync'd, and concurrent publishes share
@@ -13,13 +17,16 @@ import asyncio
 import logging
 import queue
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from loopml.errors import Unavailable
 
@@ -38,10 +45,10 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     project TEXT NOT NULL, name TEXT NOT NULL, topic_id INTEGER, topic TEXT NOT NULL,
     config TEXT NOT NULL, cursor INTEGER NOT NULL, create_us INTEGER NOT NULL,
     UNIQUE (project, name));
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, publish_us INTEGER NOT NULL,
-    data BLOB NOT NULL, attrs TEXT, okey TEXT);
-CREATE INDEX IF NOT EXISTS messages_topic_seq ON messages (topic_id, seq);
+CREATE TABLE IF NOT EXISTS segments (
+    first_seq INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, n INTEGER NOT NULL,
+    publish_us INTEGER NOT NULL, data BLOB NOT NULL, sizes BLOB NOT NULL, attrs TEXT, okeys TEXT);
+CREATE INDEX IF NOT EXISTS segments_topic ON segments (topic_id, first_seq);
 CREATE TABLE IF NOT EXISTS leases (
     sub_id INTEGER NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL, due_us INTEGER NOT NULL,
     PRIMARY KEY (sub_id, seq)) WITHOUT ROWID;
@@ -96,8 +103,8 @@ class MessageLog:
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()
-        self._next_seq = int(row[0]) + 1
+        row = self._conn.execute("SELECT COALESCE(MAX(first_seq + n), 1) FROM segments").fetchone()
+        self._next_seq = int(row[0])
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._local = threading.local()
         self._thread: threading.Thread | None = None
@@ -204,21 +211,31 @@ class MessageLog:
 
     # -- operations run inside the writer ---------------------------------------------------------
     def append(
-        self,
-        conn: sqlite3.Connection,
-        topic_id: int,
-        messages: Iterable[tuple[bytes, str | None, str | None]],
+        self, conn: sqlite3.Connection, topic_id: int, messages: list[tuple[bytes, str | None, str | None]]
     ) -> list[int]:
-        """Append messages to a topic (writer thread only); returns their sequence numbers."""
-        publish = now_us()
-        first = self._next_seq
-        rows = [(first + i, topic_id, publish, d, a, k) for i, (d, a, k) in enumerate(messages)]
-        conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
-        self._next_seq = first + len(rows)
+        """Append messages to a topic as one segment (writer thread only); returns their sequence numbers."""
+        first, n = self._next_seq, len(messages)
+        datas = [m[0] for m in messages]
+        attrs = [m[1] for m in messages]
+        okeys = [m[2] for m in messages]
+        conn.execute(
+            "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                first,
+                topic_id,
+                n,
+                now_us(),
+                b"".join(datas),
+                struct.pack(f"<{n}I", *map(len, datas)),
+                orjson.dumps(attrs).decode() if any(attrs) else None,
+                orjson.dumps(okeys).decode() if any(okeys) else None,
+            ),
+        )
+        self._next_seq = first + n
         self._touched.add(topic_id)
-        return list(range(first, first + len(rows)))
+        return list(range(first, first + n))
 
-    # -- readers ----------------------------------------------------------------------------------
+    # -- readers (any connection) -----------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -226,37 +243,92 @@ class MessageLog:
             self._local.conn = conn
         return conn
 
-    def read(self, topic_id: int, after_seq: int, limit: int) -> list[Message]:
-        rows = (
-            self.reader()
-            .execute(
-                "SELECT seq, topic_id, publish_us, data, attrs, okey FROM messages"
-                " WHERE topic_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (topic_id, after_seq, limit),
+    def read(
+        self, topic_id: int, after_seq: int, limit: int, conn: sqlite3.Connection | None = None
+    ) -> list[Message]:
+        """Up to `limit` messages of a topic with a sequence above `after_seq`, in order."""
+        conn = conn or self.reader()
+        out: list[Message] = []
+        head = conn.execute(
+            f"SELECT {_SEG} FROM segments WHERE topic_id = ? AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
+            (topic_id, after_seq),
+        ).fetchone()
+        if head is not None:
+            out.extend(_decode(head, after_seq, limit))
+        if len(out) < limit:
+            cur = conn.execute(
+                f"SELECT {_SEG} FROM segments WHERE topic_id = ? AND first_seq > ? ORDER BY first_seq",
+                (topic_id, after_seq),
             )
-            .fetchall()
-        )
-        return [Message(*row) for row in rows]
-
-    def head(self, topic_id: int) -> int:
-        row = (
-            self.reader().execute("SELECT MAX(seq) FROM messages WHERE topic_id = ?", (topic_id,)).fetchone()
-        )
-        return int(row[0] or 0)
-
-    def get_messages(self, seqs: list[int]) -> dict[int, Message]:
-        out: dict[int, Message] = {}
-        conn = self.reader()
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
-                f"SELECT seq, topic_id, publish_us, data, attrs, okey FROM messages WHERE seq IN ({marks})",
-                chunk,
-            ):
-                out[row[0]] = Message(*row)
+            for row in cur:
+                out.extend(_decode(row, after_seq, limit - len(out)))
+                if len(out) >= limit:
+                    break
+            cur.close()
         return out
+
+    def get_messages(self, seqs: list[int], conn: sqlite3.Connection | None = None) -> dict[int, Message]:
+        """Messages by sequence number (those that still exist)."""
+        conn = conn or self.reader()
+        found: dict[int, Message] = {}
+        for seq in sorted(set(seqs)):
+            if seq in found:
+                continue
+            row = conn.execute(
+                f"SELECT {_SEG} FROM segments WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
+            ).fetchone()
+            if row is None or seq >= row[0] + row[2]:
+                continue
+            for msg in _decode(row, seq - 1, 1_000_000):
+                found[msg.seq] = msg
+        return {s: found[s] for s in seqs if s in found}
+
+    def backlog(self, topic_id: int, after_seq: int) -> int:
+        """How many messages of a topic have a sequence above `after_seq`."""
+        conn = self.reader()
+        row = conn.execute(
+            "SELECT first_seq, n FROM segments WHERE topic_id = ? AND first_seq <= ?"
+            " ORDER BY first_seq DESC LIMIT 1",
+            (topic_id, after_seq),
+        ).fetchone()
+        partial = max(0, row[0] + row[1] - 1 - after_seq) if row else 0
+        rest = conn.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM segments WHERE topic_id = ? AND first_seq > ?",
+            (topic_id, after_seq),
+        ).fetchone()[0]
+        return int(partial + rest)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A read on a reader connection (sql is a constant of this package, never user text)."""
         return self.reader().execute(sql, params).fetchall()
+
+
+_SEG = "first_seq, topic_id, n, publish_us, data, sizes, attrs, okeys"
+
+
+def _decode(row: tuple[Any, ...], after_seq: int, limit: int) -> list[Message]:
+    """The messages of one segment row with a sequence above `after_seq` (at most `limit`)."""
+    first, topic_id, n, publish_us, data, sizes_blob, attrs_json, okeys_json = row
+    start = max(0, after_seq + 1 - first)
+    stop = min(n, start + limit)
+    if start >= stop:
+        return []
+    sizes = struct.unpack(f"<{n}I", sizes_blob)
+    attrs = orjson.loads(attrs_json) if attrs_json else None
+    okeys = orjson.loads(okeys_json) if okeys_json else None
+    offset = sum(sizes[:start])
+    out = []
+    for i in range(start, stop):
+        size = sizes[i]
+        out.append(
+            Message(
+                first + i,
+                topic_id,
+                publish_us,
+                bytes(data[offset : offset + size]),
+                attrs[i] if attrs else None,
+                okeys[i] if okeys else None,
+            )
+        )
+        offset += size
+    return out

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from loopml.errors import AlreadyExists, InvalidArgument, NotFound
+from loopml.ingest import pull
 from loopml.ingest.log import Message, MessageLog, now_us
 from loopml.ingest.resources import (
     SubscriptionSpec,
@@ -50,13 +51,6 @@ class SubState:
     @property
     def full_name(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.name}"
-
-
-@dataclass
-class PulledMessage:
-    seq: int
-    attempts: int
-    message: Message
 
 
 def message_json(msg: Message) -> dict[str, Any]:
@@ -205,7 +199,7 @@ class IngestService:
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM topics WHERE topic_id = ?", (tid,))
-            conn.execute("DELETE FROM messages WHERE topic_id = ?", (tid,))
+            conn.execute("DELETE FROM segments WHERE topic_id = ?", (tid,))
             conn.execute(
                 "UPDATE subscriptions SET topic_id = NULL, topic = '_deleted-topic_' WHERE topic_id = ?",
                 (tid,),
@@ -258,7 +252,7 @@ class IngestService:
             try:
                 cur = conn.execute(
                     "INSERT INTO subscriptions (project, name, topic_id, topic, config, cursor, create_us)"
-                    " VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) FROM messages), ?)",
+                    " VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(first_seq + n), 1) - 1 FROM segments), ?)",
                     (project, name, tid, spec.resource["topic"], config, now_us()),
                 )
             except sqlite3.IntegrityError as exc:
@@ -316,9 +310,7 @@ class IngestService:
         cursor, outstanding, dead = rows[0] if rows else (0, 0, 0)
         backlog = 0
         if state.topic_id is not None:
-            backlog = self.log.query(
-                "SELECT COUNT(*) FROM messages WHERE topic_id = ? AND seq > ?", (state.topic_id, cursor)
-            )[0][0]
+            backlog = self.log.backlog(state.topic_id, cursor)
         return {
             "cursor": str(cursor),
             "backlog": int(backlog) + int(outstanding),
@@ -349,59 +341,6 @@ class IngestService:
         self.subs.pop((project, name), None)
 
     # -- pull delivery ----------------------------------------------------------------------------
-    def lease(
-        self, conn: sqlite3.Connection, state: SubState, limit: int, lease_s: float
-    ) -> list[PulledMessage]:
-        """Writer job: redeliver expired leases, then lease new messages past the cursor."""
-        now = now_us()
-        due = now + int(lease_s * 1_000_000)
-        out: list[tuple[int, int]] = []
-        for seq, attempts in conn.execute(
-            "SELECT seq, attempts FROM leases WHERE sub_id = ? AND due_us <= ? ORDER BY seq LIMIT ?",
-            (state.sub_id, now, limit),
-        ).fetchall():
-            out.append((seq, attempts + 1))
-        conn.executemany(
-            "UPDATE leases SET attempts = ?, due_us = ? WHERE sub_id = ? AND seq = ?",
-            [(a, due, state.sub_id, s) for s, a in out],
-        )
-        if len(out) < limit and state.topic_id is not None:
-            cursor = conn.execute(
-                "SELECT cursor FROM subscriptions WHERE sub_id = ?", (state.sub_id,)
-            ).fetchone()[0]
-            fresh: list[tuple[int, int]] = []
-            while len(out) + len(fresh) < limit:
-                rows = conn.execute(
-                    "SELECT seq, attrs FROM messages WHERE topic_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                    (state.topic_id, cursor, max(limit, 100)),
-                ).fetchall()
-                if not rows:
-                    break
-                for seq, attrs in rows:
-                    cursor = seq
-                    flt = state.spec.filter
-                    if flt is None or flt({"attributes": orjson.loads(attrs) if attrs else {}}):
-                        fresh.append((seq, 1))
-                        if len(out) + len(fresh) >= limit:
-                            break
-            conn.executemany(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
-                [(state.sub_id, s, a, due) for s, a in fresh],
-            )
-            conn.execute("UPDATE subscriptions SET cursor = ? WHERE sub_id = ?", (cursor, state.sub_id))
-            out.extend(fresh)
-        if not out:
-            return []
-        messages = {
-            row[0]: Message(*row)
-            for row in conn.execute(
-                f"SELECT seq, topic_id, publish_us, data, attrs, okey FROM messages WHERE seq IN "
-                f"({','.join('?' * len(out))})",
-                [s for s, _ in out],
-            )
-        }
-        return [PulledMessage(s, a, messages[s]) for s, a in out if s in messages]
-
     async def pull(
         self,
         project: str,
@@ -421,7 +360,9 @@ class IngestService:
         limit = min(max_messages, 1000)
         deadline = asyncio.get_running_loop().time() + (0 if return_immediately else wait_s)
         while True:
-            pulled = await self.log.run(lambda conn: self.lease(conn, state, limit, state.spec.ack_deadline))
+            pulled = await self.log.run(
+                lambda conn: pull.lease(self.log, conn, state, limit, state.spec.ack_deadline)
+            )
             remaining = deadline - asyncio.get_running_loop().time()
             if pulled or remaining <= 0 or state.topic_id is None:
                 break
@@ -436,56 +377,31 @@ class IngestService:
             for p in pulled
         ]
 
-    @staticmethod
-    def _ack_seqs(ack_ids: Any) -> list[int]:
-        if not isinstance(ack_ids, list) or not ack_ids:
-            raise InvalidArgument("Invalid field 'ackIds': it must be a non-empty list of ack ids.")
-        seqs = []
-        for ack in ack_ids:
-            head = str(ack).split("-", 1)[0]
-            if not head.isdigit():
-                raise InvalidArgument(
-                    f"Invalid field 'ackIds': {ack!r} is not an ack id from this subscription."
-                )
-            seqs.append(int(head))
-        return seqs
-
     async def acknowledge(self, project: str, name: str, ack_ids: Any) -> None:
         state = self.sub(project, name)
-        seqs = self._ack_seqs(ack_ids)
-        await self.log.run(
-            lambda conn: conn.executemany(
-                "DELETE FROM leases WHERE sub_id = ? AND seq = ?", [(state.sub_id, s) for s in seqs]
-            )
-        )
+        seqs = pull.ack_seqs(ack_ids)
+        await self.log.run(lambda conn: pull.ack(conn, state.sub_id, seqs))
 
     async def modify_ack_deadline(self, project: str, name: str, ack_ids: Any, seconds: Any) -> None:
         state = self.sub(project, name)
-        seqs = self._ack_seqs(ack_ids)
+        seqs = pull.ack_seqs(ack_ids)
         if not isinstance(seconds, int) or isinstance(seconds, bool) or not 0 <= seconds <= 600:
             raise InvalidArgument("Invalid field 'ackDeadlineSeconds': an integer in 0..600.")
-        due = now_us() + seconds * 1_000_000
-        await self.log.run(
-            lambda conn: conn.executemany(
-                "UPDATE leases SET due_us = ? WHERE sub_id = ? AND seq = ?",
-                [(due, state.sub_id, s) for s in seqs],
-            )
-        )
+        await self.log.run(lambda conn: pull.extend(conn, state.sub_id, seqs, seconds))
 
     # -- dead letters -----------------------------------------------------------------------------
     def dead_letters(self, project: str, name: str, limit: int = 100) -> list[dict[str, Any]]:
         state = self.sub(project, name)
         rows = self.log.query(
-            "SELECT d.seq, d.error, d.time_us, m.data, m.attrs, m.publish_us, m.topic_id, m.okey"
-            " FROM dead_letters d LEFT JOIN messages m ON m.seq = d.seq WHERE d.sub_id = ?"
-            " ORDER BY d.id DESC LIMIT ?",
+            "SELECT seq, error, time_us FROM dead_letters WHERE sub_id = ? ORDER BY id DESC LIMIT ?",
             (state.sub_id, limit),
         )
+        found = self.log.get_messages([r[0] for r in rows])
         out = []
-        for seq, error, time_us, data, attrs, publish_us, topic_id, okey in rows:
+        for seq, error, time_us in rows:
             item: dict[str, Any] = {"messageId": str(seq), "error": error, "time": _ts(time_us)}
-            if data is not None:
-                item["message"] = message_json(Message(seq, topic_id, publish_us, data, attrs, okey))
+            if seq in found:
+                item["message"] = message_json(found[seq])
             out.append(item)
         return out
 

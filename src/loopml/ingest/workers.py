@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from loopml.ingest import pull
 from loopml.ingest.log import Message, now_us
 from loopml.ingest.service import SubState, attributes_of, matches, message_json
 from loopml.refs import rfc3339
@@ -326,7 +327,7 @@ class PushWorker:
                     if room > 0:
                         want = min(room, READ_BATCH)
                         pulled = await self.svc.log.run(
-                            lambda conn, want=want: self.svc.lease(conn, state, want, 3600.0)  # type: ignore[misc]
+                            lambda conn, want=want: pull.lease(self.svc.log, conn, state, want, 3600.0)  # type: ignore[misc]
                         )
                         for p in pulled:
                             if p.seq not in self.inflight:
