@@ -37,6 +37,9 @@ class ScalingMixin:
     def _cleanup_storage(self, spec: Any) -> None:
         raise NotImplementedError
 
+    def flush_access_log(self) -> None:
+        raise NotImplementedError
+
     def _call_in_loop(self, fn: Any, *args: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -156,6 +159,7 @@ class ScalingMixin:
         while True:
             await asyncio.sleep(0.5)
             try:
+                self.flush_access_log()
                 now = time.monotonic()
                 probe = now - last_probe >= 10.0
                 if probe:

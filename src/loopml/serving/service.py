@@ -74,10 +74,12 @@ class ServingService(ScalingMixin):
         self._closed = False
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loopml-serving")
         self._rand = random.random
+        self._access_buffer: Any = None
 
     # -- lifecycle hooks ---------------------------------------------------------------------
     async def start(self) -> None:
         self._bind_loop()
+        self._setup_access_log()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._monitor_loop()))
         self._tasks.append(loop.create_task(self._autoscale_loop()))
@@ -90,6 +92,14 @@ class ServingService(ScalingMixin):
                 await task
         self._tasks.clear()
         await asyncio.to_thread(self.close)
+        buffer = self._access_buffer
+        if buffer is not None:
+            access_log.removeHandler(buffer)
+            buffer.close()  # flushes
+            if buffer.target is not None:
+                buffer.target.close()
+            access_log.propagate = True
+            self._access_buffer = None
 
     def close(self) -> None:
         """Stop every replica (blocking)."""
@@ -103,6 +113,25 @@ class ServingService(ScalingMixin):
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._sock_dir is not None:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
+
+    def _setup_access_log(self) -> None:
+        """Unless an entry point configured `loopml.access`, buffer its lines into logs/access.log."""
+        if access_log.handlers:
+            return
+        import logging.handlers
+
+        self.logs_dir.parent.mkdir(parents=True, exist_ok=True)
+        target = logging.FileHandler(self.logs_dir.parent / "access.log", encoding="utf-8")
+        target.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        buffer = logging.handlers.MemoryHandler(capacity=256, flushLevel=logging.ERROR, target=target)
+        access_log.addHandler(buffer)
+        access_log.propagate = False
+        access_log.setLevel(logging.INFO)
+        self._access_buffer = buffer
+
+    def flush_access_log(self) -> None:
+        if self._access_buffer is not None:
+            self._access_buffer.flush()
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
