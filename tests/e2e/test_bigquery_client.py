@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,20 @@ def test_emulator_host_variable(server: Any, sink: str, monkeypatch: pytest.Monk
         assert c.get_table(sink).num_rows == 4
     finally:
         c.close()
+
+
+def test_unchanged_client_with_emulated_metadata(server: Any, sink: str, tmp_path: Path) -> None:
+    """Workshop code as is: `bigquery.Client()` with no project or credentials, redirected by env only."""
+    script = tmp_path / "workshop.py"
+    script.write_text(
+        "from google.cloud import bigquery\n"
+        "client = bigquery.Client()\n"
+        f"rows = client.query_and_wait('SELECT COUNT(*) AS n FROM `{sink}`')\n"
+        "print(client.project, next(iter(rows)).n)\n"
+    )
+    host = server.url.removeprefix("http://")
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_GCE_CHECK", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env.update({"BIGQUERY_EMULATOR_HOST": server.url, "GCE_METADATA_HOST": host, "GCE_METADATA_IP": host})
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["local", "4"]
