@@ -58,12 +58,13 @@ class Settings(BaseSettings):
     """If set (e.g. `/gcs`), the server links this path to the buckets dir (the Vertex `/gcs/` view)."""
 
     # -- batch prediction / request logging (BATCH) -----------------------------------------
-    batch_chunk_rows: int = 131_072
+    batch_chunk_rows: int = 524_288
     """Rows per committed chunk of a batch job on built-in frameworks (others: batchSize x 16)."""
     batch_worker_mode: str = "thread"
     """Batch chunk workers: "thread" (in the server) or "process" (spawned worker processes)."""
-    batch_fsync: bool = True
-    """fsync chunk outputs before recording them (crash safety beyond a process kill)."""
+    batch_fsync: bool = False
+    """fsync batch files (input snapshot, JSONL shards) before recording them: survive an OS crash too.
+    Off by default: a process kill needs no fsync (the metadata store runs synchronous=NORMAL alike)."""
     batch_test_pause_after_chunk_s: float = 0.0
     """Test-only: sleep after each committed chunk (`LOOPML_BATCH_TEST_PAUSE_AFTER_CHUNK_S`)."""
     request_log_queue_size: int = 10_000

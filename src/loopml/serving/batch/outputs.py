@@ -116,7 +116,8 @@ def table_outputs(
         base_ok = pa.table({"key": keys.take(ok_idx)})
         base_err = pa.table({"key": keys.take(err_idx)})
     elif prepared.features is not None:
-        base_ok = prepared.source.take(ok_idx)
+        everything = not result.errors and len(result.ok) == prepared.n
+        base_ok = prepared.source if everything else prepared.source.take(ok_idx)
         base_err = prepared.source.take(err_idx)
     else:
         object_rows = opts.effective_type == "object"

@@ -6,8 +6,8 @@ to `maxReplicaCount` workers (threads in the server, or spawned processes). A ch
 only once its outputs are durably written under their deterministic names *and* a chunk row plus
 the job's counters are committed in one metadata transaction. After a kill -9 the job is found in
 RUNNING at the next start and only chunks without a row are (re)computed: nothing is lost and
-nothing is written twice. BigQuery destinations are loaded from the chunk files at the end in one
-idempotent truncate-and-write per table.
+nothing is written twice. For BigQuery destinations the chunk's rows and its cursor entry are
+appended in one DuckDB transaction (`sink.py`); JSONL shards are written under deterministic names.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from loopml.metadata.batch_tables import BatchPredictionChunkRow, BatchPredictio
 from loopml.refs import now
 from loopml.serving.batch.chunk import InstanceOptions
 from loopml.serving.batch.inputs import read_source
-from loopml.serving.batch.outputs import atomic_write, concat, read_arrow
+from loopml.serving.batch.outputs import atomic_write
 from loopml.serving.batch.predictors import CACHE, close_predictor
-from loopml.serving.batch.spec import BqRef, parse_job
-from loopml.serving.batch.worker import ChunkTask, ModelInfo, run_chunk, shard_names
+from loopml.serving.batch.sink import WarehouseSink, forget_job
+from loopml.serving.batch.spec import parse_job
+from loopml.serving.batch.worker import ChunkOutcome, ChunkTask, ModelInfo, run_chunk
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,24 @@ class BatchRunner:
         model = ModelInfo(**model_json)
         work_dir = self.work_root / job_id
         try:
+            t0 = time.perf_counter()
             work = self._stage(pk, work_dir, spec_json, work, model)
+            t1 = time.perf_counter()
             finished = self._run_chunks(pk, job_id, work_dir, spec_json, work, model)
+            t2 = time.perf_counter()
             if finished is None:
                 return  # stopping: the job stays RUNNING and resumes at the next start
             if finished == "cancelled":
                 self._finish(pk, "JOB_STATE_CANCELLED", None)
                 return
             self._finalize(pk, work_dir, spec_json, work)
+            log.info(
+                "batch job %s: input staged in %.3fs, chunks predicted in %.3fs, outputs loaded in %.3fs",
+                job_id,
+                t1 - t0,
+                t2 - t1,
+                time.perf_counter() - t2,
+            )
         except (LoopmlError, JobFailed, ValueError, OSError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             log.warning("batch job %s failed: %s", job_id, message)
@@ -167,7 +178,7 @@ class BatchRunner:
     def _out_dir(self, work_dir: Path, work: dict[str, Any]) -> tuple[str, Path]:
         if work["output"]["kind"] == "jsonl":
             return "jsonl", self.store.resolve(work["output"]["gcsOutputDirectory"])
-        return "bigquery", work_dir / "out"
+        return "bigquery", work_dir
 
     def _run_chunks(
         self,
@@ -179,6 +190,14 @@ class BatchRunner:
         model: ModelInfo,
     ) -> str | None:
         spec = parse_job(spec_json)
+        sink = None
+        if work["output"]["kind"] == "bigquery":
+            warehouse = self.warehouse()
+            if warehouse is None:
+                raise JobFailed("The warehouse is not available: cannot write the BigQuery destination.")
+            sink = WarehouseSink(warehouse, job_id, work["output"])
+            for index, (ok, failed) in sink.committed().items():  # in the output, maybe not yet recorded
+                self._commit(pk, index, ok, failed)
         with self.db.session() as s:
             row = s.get(BatchPredictionJobRow, pk)
             assert row is not None
@@ -221,7 +240,7 @@ class BatchRunner:
         workers = max(1, min(spec.max_replica_count, os.cpu_count() or 1, len(tasks)))
         pool = self._pool(workers, model)
         try:
-            return self._drive(pk, pool, tasks, workers)
+            return self._drive(pk, pool, tasks, workers, sink)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -230,15 +249,21 @@ class BatchRunner:
             return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         return cf.ThreadPoolExecutor(workers, thread_name_prefix="loopml-batch-worker")
 
-    def _drive(self, pk: int, pool: cf.Executor, tasks: list[ChunkTask], workers: int) -> str | None:
+    def _drive(
+        self, pk: int, pool: cf.Executor, tasks: list[ChunkTask], workers: int, sink: WarehouseSink | None
+    ) -> str | None:
         queue = list(reversed(tasks))
-        inflight: set[cf.Future[tuple[int, int, int, float]]] = set()
+        inflight: set[cf.Future[ChunkOutcome]] = set()
         while queue or inflight:
             while queue and len(inflight) < workers * 2:
                 inflight.add(pool.submit(run_chunk, queue.pop()))
             finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
             for future in finished:
-                index, ok, failed, seconds = future.result()
+                out = future.result()
+                index, ok, failed, seconds = out.index, out.successful, out.failed, out.seconds
+                if sink is not None:
+                    assert out.tables is not None
+                    sink.append(index, *out.tables)
                 cancelled = self._commit(pk, index, ok, failed)
                 log.debug("batch job %s chunk %s: %s ok, %s failed in %.3fs", pk, index, ok, failed, seconds)
                 if self.settings.batch_test_pause_after_chunk_s > 0:
@@ -274,9 +299,11 @@ class BatchRunner:
         with self.db.session() as s:
             row = s.get(BatchPredictionJobRow, pk)
             assert row is not None
-            chunk_count, ok, failed = row.chunk_count, row.successful_count, row.failed_count
+            row_job_id, ok, failed = row.job_id, row.successful_count, row.failed_count
         if work["output"]["kind"] == "bigquery":
-            self._load_bigquery(work_dir, work, chunk_count)
+            warehouse = self.warehouse()
+            if warehouse is not None:
+                forget_job(warehouse, row_job_id)
         if ok == 0 and failed > 0:
             self._finish(
                 pk,
@@ -289,26 +316,6 @@ class BatchRunner:
         else:
             self._finish(pk, "JOB_STATE_SUCCEEDED", None)
         shutil.rmtree(work_dir, ignore_errors=True)
-
-    def _load_bigquery(self, work_dir: Path, work: dict[str, Any], chunk_count: int) -> None:
-        warehouse = self.warehouse()
-        if warehouse is None:
-            raise JobFailed("The warehouse is not available: cannot write the BigQuery destination.")
-        out = work["output"]
-        dest = BqRef(out["project"], out["dataset"])
-        assert dest.dataset is not None
-        if out.get("create_dataset"):
-            create = getattr(warehouse, "create_dataset", None)
-            if create is not None:
-                create(dest.project, dest.dataset, exists_ok=True)
-        for table_name, which in ((out["predictions_table"], 0), (out["errors_table"], 1)):
-            parts = [
-                read_arrow(work_dir / "out" / shard_names(i, "bigquery")[which]) for i in range(chunk_count)
-            ]
-            table = concat(parts) if parts else None
-            if table is None:
-                continue
-            warehouse.write_table_arrow(dest.project, dest.dataset, table_name, table, mode="truncate")
 
     def _finish(self, pk: int, state: str, error: dict[str, Any] | None) -> None:
         with self.db.session() as s:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from loopml.serving.batch.chunk import InstanceOptions, predict_chunk, prepare
 from loopml.serving.batch.outputs import atomic_write, jsonl_outputs, read_arrow, table_outputs
 from loopml.serving.batch.predictors import CACHE, load_predictor
@@ -77,14 +79,22 @@ def get_predictor(task: ChunkTask) -> Any:
     )
 
 
-def shard_names(index: int, output_kind: str) -> tuple[str, str]:
-    if output_kind == "jsonl":
-        return f"predictions_{index + 1:04d}.jsonl", f"errors_{index + 1:04d}.jsonl"
-    return f"predictions_{index:06d}.arrow", f"errors_{index:06d}.arrow"
+def shard_names(index: int) -> tuple[str, str]:
+    return f"predictions_{index + 1:04d}.jsonl", f"errors_{index + 1:04d}.jsonl"
 
 
-def run_chunk(task: ChunkTask) -> tuple[int, int, int, float]:
-    """Predict one chunk and durably write its outputs. Returns (index, successful, failed, seconds)."""
+@dataclass
+class ChunkOutcome:
+    index: int
+    successful: int
+    failed: int
+    seconds: float
+    tables: tuple[pa.Table, pa.Table] | None = None  # BigQuery destinations: committed by the runner
+
+
+def run_chunk(task: ChunkTask) -> ChunkOutcome:
+    """Predict one chunk. JSONL outputs are written here (deterministic shard names, atomically);
+    BigQuery outputs are returned for the runner to append in one transaction with the cursor."""
     began = time.perf_counter()
     predictor = get_predictor(task)
     source = read_arrow(Path(task.input_path)).slice(task.start, task.length)
@@ -92,17 +102,17 @@ def run_chunk(task: ChunkTask) -> tuple[int, int, int, float]:
     result = predict_chunk(
         prepared, predictor, task.opts, batch_size=task.batch_size, parameters=task.parameters
     )
+    if task.output_kind != "jsonl":
+        tables = table_outputs(prepared, result, task.opts)
+        return ChunkOutcome(
+            task.index, len(result.ok), len(result.errors), time.perf_counter() - began, tables
+        )
     out_dir = Path(task.out_dir)
-    pred_name, err_name = shard_names(task.index, task.output_kind)
-    if task.output_kind == "jsonl":
-        lines, errors = jsonl_outputs(prepared, result, task.opts)
-        atomic_write(out_dir / pred_name, lines, fsync=task.fsync)
-        if errors:
-            atomic_write(out_dir / err_name, errors, fsync=task.fsync)
-        else:
-            (out_dir / err_name).unlink(missing_ok=True)
+    pred_name, err_name = shard_names(task.index)
+    lines, errors = jsonl_outputs(prepared, result, task.opts)
+    atomic_write(out_dir / pred_name, lines, fsync=task.fsync)
+    if errors:
+        atomic_write(out_dir / err_name, errors, fsync=task.fsync)
     else:
-        predictions, errors_table = table_outputs(prepared, result, task.opts)
-        atomic_write(out_dir / pred_name, predictions, fsync=task.fsync)
-        atomic_write(out_dir / err_name, errors_table, fsync=task.fsync)
-    return task.index, len(result.ok), len(result.errors), time.perf_counter() - began
+        (out_dir / err_name).unlink(missing_ok=True)
+    return ChunkOutcome(task.index, len(result.ok), len(result.errors), time.perf_counter() - began)
