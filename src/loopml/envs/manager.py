@@ -241,21 +241,22 @@ class EnvManager:
     def _run(self, cmd: list[str], progress: Progress | None) -> None:
         tail: deque[str] = deque(maxlen=25)
         log.debug("running %s", cmd)
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self._env(), bufsize=1
-        )
-        assert proc.stdout is not None
-        deadline = time.monotonic() + _BUILD_TIMEOUT_S
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                tail.append(line)
-                if progress:
-                    progress(line)
-            if time.monotonic() > deadline:
-                proc.kill()
-                break
-        rc = proc.wait()
+        ) as proc:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + _BUILD_TIMEOUT_S
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    tail.append(line)
+                    if progress:
+                        progress(line)
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    tail.append(f"(killed after {_BUILD_TIMEOUT_S:.0f}s)")
+                    break
+            rc = proc.wait()
         if rc != 0:
             what = "creating the environment" if "venv" in cmd[1:3] else "installing requirements"
             raise EnvBuildError(

@@ -18,6 +18,10 @@ def safe_join(base: Path, path: str, ins: Instruction | None = None) -> Path:
     where = f"{ins.where()}: " if ins else ""
     if "\x00" in path:
         raise InvalidArgument(f"{where}path contains a NUL byte.")
+    if not path.startswith("/"):
+        rel = os.path.normpath(path)
+        if rel == ".." or rel.startswith("../"):
+            raise InvalidArgument(f"{where}path {path!r} escapes the build context.")
     norm = os.path.normpath("/" + path.lstrip("/"))
     parts = [p for p in norm.split("/") if p]
     if ".." in parts:
