@@ -192,7 +192,7 @@ def test_replace_drop_and_deployed_versions(stack: Stack) -> None:
     assert stack.versions() == ["2"]
     assert stack.registry.get_model(P, L, "anomaly_detection@champion")["versionId"] == "2"
     with pytest.raises(
-        AlreadyExists, match="Already Exists: Model hyp-proj:ecommerce_sink.anomaly_detection"
+        AlreadyExists, match=r"Already Exists: Model hyp-proj:ecommerce_sink\.anomaly_detection"
     ):
         stack.q(CREATE.replace("CREATE OR REPLACE", "CREATE"))
     assert stack.q(CREATE.replace("CREATE OR REPLACE MODEL", "CREATE MODEL IF NOT EXISTS")).num_rows == 0
@@ -226,7 +226,7 @@ def test_replace_drop_and_deployed_versions(stack: Stack) -> None:
     assert stack.registry.get_model(P, L, "anomaly_detection@2")["deployedModels"]
     stack.q("DROP MODEL ecommerce_sink.anomaly_detection")  # version 3 is not deployed
     assert stack.versions() == ["2"]
-    with pytest.raises(NotFound, match="Not found: Model hyp-proj:ecommerce_sink.anomaly_detection"):
+    with pytest.raises(NotFound, match=r"Not found: Model hyp-proj:ecommerce_sink\.anomaly_detection"):
         stack.q("SELECT * FROM ML.CENTROIDS(MODEL ecommerce_sink.anomaly_detection)")
     with pytest.raises(NotFound):
         stack.q("DROP MODEL ecommerce_sink.anomaly_detection")
@@ -362,7 +362,6 @@ def test_supervised_models(stack: Stack) -> None:
         "(SELECT 2.0 AS x, 'blue' AS color))"
     ).to_pylist()[0]
     assert row["predicted_kind"] == "big"
-    _, model = stack.sqlml.get_model(stack.sqlml.catalog.list(P, "ecommerce_sink")[0].path)
     entry = next(e for e in stack.sqlml.catalog.list(P, "ecommerce_sink") if e.path.model == "b_kind")
     assert (entry.artifact_dir / "xgboost_model.json").is_file()
     served = load_predictor(entry.artifact_dir).predict([{"x": 2.0, "color": "blue"}], None)[0]
