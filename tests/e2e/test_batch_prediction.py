@@ -258,3 +258,59 @@ def test_vertex_sdk_batch_prediction_job(server: ServerProcess, monkeypatch: pyt
     assert lines[0]["instance"] == x[0].tolist()
     names = [j.resource_name for j in aiplatform.BatchPredictionJob.list()]
     assert job.resource_name in names
+
+
+def _rows(server: ServerProcess, sql: str) -> list[dict[str, Any]]:
+    r = httpx.post(
+        f"{server.url}/bigquery/v2/projects/{P}/queries",
+        json={"query": sql, "useLegacySql": False, "timeoutMs": 120_000, "maxResults": 10_000},
+        timeout=180,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    names = [f["name"] for f in body["schema"]["fields"]]
+    return [dict(zip(names, [c["v"] for c in row["f"]], strict=True)) for row in body.get("rows", [])]
+
+
+def test_bigquery_ml_model_batch_matches_ml_predict(server: ServerProcess) -> None:
+    _dataset(server, "mlds")
+    _bq(
+        server,
+        "CREATE TABLE mlds.pts AS SELECT x AS id, MOD(x * 37, 101) / 10.0 AS f0, MOD(x * 91, 53) / 5.0 AS f1 "
+        "FROM UNNEST(GENERATE_ARRAY(0, 499)) AS x",
+    )
+    _bq(
+        server,
+        "CREATE MODEL mlds.km OPTIONS(model_type='kmeans', num_clusters=3, model_registry='vertex_ai', "
+        "vertex_ai_model_id='km') AS SELECT f0, f1 FROM mlds.pts",
+    )
+    expected = {
+        int(r["id"]): int(r["CENTROID_ID"])
+        for r in _rows(
+            server, "SELECT id, CENTROID_ID FROM ML.PREDICT(MODEL mlds.km, (SELECT id, f0, f1 FROM mlds.pts))"
+        )
+    }
+    job = _create(
+        server,
+        {
+            "model": f"projects/{P}/locations/{L}/models/km",
+            "inputConfig": {
+                "instancesFormat": "bigquery",
+                "bigquerySource": {"inputUri": f"bq://{P}.mlds.pts"},
+            },
+            "instanceConfig": {"instanceType": "object", "excludedFields": ["id"]},
+            "outputConfig": {
+                "predictionsFormat": "bigquery",
+                "bigqueryDestination": {"outputUri": f"bq://{P}.mlds"},
+            },
+        },
+    )
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert done["completionStats"]["successfulCount"] == "500"
+    table = done["outputInfo"]["bigqueryOutputTable"]
+    got = {
+        int(r["id"]): orjson.loads(r["prediction"])["nearest_centroid_id"][0]
+        for r in _rows(server, f"SELECT id, prediction FROM mlds.{table}")
+    }
+    assert got == expected
