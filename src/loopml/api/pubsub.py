@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from loopml.api.app import json_response, read_json
-from loopml.errors import InvalidArgument, NotFound
+from loopml.errors import InvalidArgument, LoopmlError, NotFound, PayloadTooLarge
 from loopml.ingest.service import IngestService
 from loopml.platform import Platform
+
+log = logging.getLogger(__name__)
 
 
 def _split(segment: str) -> tuple[str, str]:
@@ -148,26 +152,73 @@ def install(app: FastAPI, platform: Platform) -> None:
             f"Unknown subscription method {verb!r}; use :pull, :acknowledge or :modifyAckDeadline."
         )
 
-    # -- the plain-JSON proxy (the workshop's `POST /json`) -------------------------------------
-    async def ingest(topic: str, request: Request) -> Response:
-        service = svc()
-        project = request.query_params.get("project") or platform.settings.default_project
-        service.topic_id(project, topic)
-        raw = await request.body()
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
-        if isinstance(value, list):
-            if not value:
-                raise InvalidArgument("The JSON array is empty: send at least one event.")
-            ids = await service.publish(project, topic, [(orjson.dumps(v), None, None) for v in value])
-            message = f"pubsub message sent: {len(ids)} messages"
-        else:
-            data = orjson.dumps(value)
-            ids = await service.publish(project, topic, [(data, None, None)])
-            message = f"pubsub message sent: {data.decode()}"
-        return json_response({"message": message, "messageIds": ids})
+    # -- the plain-JSON proxy (the workshop's `POST /json`), as a raw-ASGI fast path ---------
+    app.add_middleware(IngestFastPath, platform=platform)
 
-    app.add_api_route("/ingest/{topic}/json", ingest, methods=["POST"], include_in_schema=False)
-    app.add_api_route("/ingest/{topic}", ingest, methods=["POST"], include_in_schema=False)
+
+async def ingest_events(service: IngestService, project: str, topic: str, raw: bytes) -> dict[str, Any]:
+    """Publish one JSON value, or each element of a JSON array, as a message; answer like the proxy."""
+    service.topic_id(project, topic)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
+    if isinstance(value, list):
+        if not value:
+            raise InvalidArgument("The JSON array is empty: send at least one event.")
+        ids = await service.publish(project, topic, [(orjson.dumps(v), None, None) for v in value])
+        return {"message": f"pubsub message sent: {len(ids)} messages", "messageIds": ids}
+    data = orjson.dumps(value)
+    ids = await service.publish(project, topic, [(data, None, None)])
+    return {"message": f"pubsub message sent: {data.decode()}", "messageIds": ids}
+
+
+class IngestFastPath:
+    """`POST /ingest/{topic}` and `/ingest/{topic}/json`, answered before FastAPI routing runs."""
+
+    def __init__(self, app: Any, platform: Platform) -> None:
+        self.app = app
+        self.platform = platform
+        self.limit = platform.settings.max_request_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/ingest/"):
+            parts = scope["path"][len("/ingest/") :].split("/")
+            if parts[0] and (len(parts) == 1 or (len(parts) == 2 and parts[1] == "json")):
+                await self._serve(scope, receive, send, parts[0])
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any, topic: str) -> None:
+        status, body = 200, b""
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    raise PayloadTooLarge(f"Request body is larger than the limit of {self.limit} bytes.")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            project = (query.get("project") or [self.platform.settings.default_project])[0]
+            service = self.platform.services.get("ingest")
+            if service is None:
+                raise NotFound("Pub/Sub is not enabled on this server.")
+            body = orjson.dumps(await ingest_events(service, project, topic, b"".join(chunks)))
+        except LoopmlError as exc:
+            status, body = exc.status, orjson.dumps(exc.to_json())
+        except Exception as exc:
+            log.exception("ingest into %s failed", topic)
+            status = 500
+            body = orjson.dumps(
+                {"error": {"code": 500, "message": f"Internal error: {exc}", "status": "INTERNAL"}}
+            )
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
