@@ -27,6 +27,8 @@ from loopml.warehouse.types import QueryResult
 PREFIX = "/bigquery/v2/projects/{project}"
 DEFAULT_PAGE = 100_000
 LONG_POLL_S = 10.0
+INSERT_WAIT_S = 2.0
+"""jobs.insert answers DONE when the job finishes within this time, else RUNNING (clients then poll)."""
 
 
 def _flag(value: str | None) -> bool:
@@ -281,7 +283,7 @@ def install(app: FastAPI, platform: Platform) -> None:
     async def insert_job(project: str, request: Request) -> Response:
         body = _body_dict(await read_json(request))
         job = await _start_query(project, body)
-        await wait_job(job, LONG_POLL_S)
+        await wait_job(job, INSERT_WAIT_S)
         return json_response(res.job_resource(job))
 
     @app.get(PREFIX + "/jobs")

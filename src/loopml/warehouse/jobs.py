@@ -40,6 +40,7 @@ class Job:
     error: LoopmlError | None = None
     future: concurrent.futures.Future[None] | None = None
     cancelled: bool = False
+    connection: Any = None
 
     @property
     def done(self) -> bool:
@@ -78,15 +79,19 @@ class JobManager:
                 job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
                 job.state, job.ended_ms = "DONE", now_ms()
                 return
+            job.connection = self.warehouse.cursor()
             job.state, job.started_ms = "RUNNING", now_ms()
             try:
                 job.result = work(job)
             except LoopmlError as exc:
                 job.error = exc
+                if job.cancelled:
+                    job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
             except Exception as exc:  # an engine failure we did not map: report it on the job
                 log.exception("job %s failed", job.job_id)
                 job.error = LoopmlError(f"Internal error while running the job: {type(exc).__name__}: {exc}")
             finally:
+                job.connection = None
                 job.ended_ms = now_ms()
                 job.state = "DONE"
 
@@ -152,6 +157,8 @@ class JobManager:
             if job.future is not None and job.future.cancel():
                 job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
                 job.state, job.ended_ms = "DONE", now_ms()
+            elif job.connection is not None:
+                job.connection.interrupt()
         return job
 
     def wait(self, job: Job, timeout: float | None) -> bool:

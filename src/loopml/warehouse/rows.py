@@ -78,7 +78,7 @@ def encode_rows(table: pa.Table, schema: list[Field], *, int64_ts: bool = True) 
     columns: list[list[Any]] = []
     for field in schema:
         col = table.column(field["name"])
-        if pa.types.is_timestamp(col.type):
+        if pa.types.is_timestamp(col.type) and legacy_type(field["type"]) == "TIMESTAMP":
             col = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
         columns.append(col.to_pylist())
     out = []
