@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,63 @@ def test_refuses_artifacts_outside_store(platform: Platform, tmp_path: Path) -> 
     joblib.dump(model, outside / "model.joblib")
     with pytest.raises(FailedPrecondition, match="not inside the artifact store"):
         svc.deploy(_spec("333", "sklearn", outside))
+
+
+def test_xgboost_booster(platform: Platform) -> None:
+    import xgboost as xgb
+
+    svc: ServingService = platform.services["serving"]
+    _, x = _train()
+    y = (x[:, 0] > 0).astype(int)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(x, label=y), 10)
+    art = platform.artifacts.registry_dir / "xgb"
+    art.mkdir(parents=True)
+    with warnings.catch_warnings():  # xgboost warns that .bst is saved as UBJSON
+        warnings.simplefilter("ignore")
+        booster.save_model(str(art / "model.bst"))
+    expected = booster.predict(xgb.DMatrix(x[:7])).tolist()
+
+    async def run() -> None:
+        await asyncio.to_thread(svc.deploy, _spec("444", "xgboost", art))
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"444": 100}))
+        out = await svc.predict(EP, x[:7].tolist())
+        assert out["predictions"] == pytest.approx(expected, rel=1e-6)
+        with pytest.raises(InvalidArgument, match="instance 0 has 4 features, the model expects 3"):
+            await svc.predict(EP, [[1.0, 2.0, 3.0, 4.0]])
+        await asyncio.to_thread(svc.undeploy, "444")
+
+    asyncio.run(run())
+
+
+def test_unimportable_loader_runs_in_process(platform: Platform) -> None:
+    from loopml.serving import loaders
+
+    class Const:
+        def predict(self, instances: list[object], parameters: object = None) -> list[object]:
+            return ["const"] * len(instances)
+
+    loaders.register_loader("test-const", lambda artifact_dir, spec: Const())
+    assert loaders.factory_ref("test-const") is None
+    assert loaders.factory_ref("sklearn") == "loopml.serving.loaders:load_sklearn"
+    svc: ServingService = platform.services["serving"]
+    art = platform.artifacts.registry_dir / "const"
+    art.mkdir(parents=True)
+
+    async def run() -> None:
+        await asyncio.to_thread(svc.deploy, _spec("555", "test-const", art))
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"555": 100}))
+        assert (await svc.predict(EP, [1, 2]))["predictions"] == ["const", "const"]
+        assert svc.status("555")["replicas"][0]["kind"] == "in-process"
+        await asyncio.to_thread(svc.undeploy, "555")
+
+    asyncio.run(run())
+
+
+def test_unknown_framework_and_failed_load(platform: Platform) -> None:
+    svc: ServingService = platform.services["serving"]
+    art = _snapshot(platform, "broken", {"model.joblib": "not a pickle"})
+    with pytest.raises(FailedPrecondition, match="No model server for framework 'tf9'"):
+        svc.deploy(_spec("666", "tf9", art))
+    with pytest.raises(FailedPrecondition, match="exited while loading the model"):
+        svc.deploy(_spec("777", "sklearn", art))
+    assert svc.status("777")["availableReplicaCount"] == 0
