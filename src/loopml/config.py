@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     ingest_log_path: Path | None = None
     """SQLite file of the message log (topics, subscriptions, messages); default `$LOOPML_HOME/ingest.db`."""
 
+    # -- warehouse (WH) ---------------------------------------------------------------------
+    bigquery_insert_wait_s: float = 2.0
+    """How long jobs.insert waits for a query to finish before answering RUNNING (clients poll)."""
+    warehouse_dedup_window_s: float = 600.0
+    """insertId de-duplication window of streaming inserts (ids are persisted, at most 100k per table)."""
+
     # -- envs / images / storage (IMG) ------------------------------------------------------
     uv_cache_dir: Path | None = None
     """uv's package cache for env builds; unset = uv's own default (shared with the user's uv)."""

@@ -42,7 +42,11 @@ def build(platform: Platform) -> None:
     # warehouse (WH): built first in this block so its stop hook (closing DuckDB) runs last
     from loopml.warehouse import Warehouse
 
-    warehouse = Warehouse(platform.settings.resolved_warehouse_path(), platform.artifacts)
+    warehouse = Warehouse(
+        platform.settings.resolved_warehouse_path(),
+        platform.artifacts,
+        dedup_window_s=platform.settings.warehouse_dedup_window_s,
+    )
     platform.services["warehouse"] = warehouse
     platform.on_stop("warehouse", warehouse.close)
     # sqlml (ML): CREATE/DROP/EXPORT MODEL and ML.* on the warehouse; bqml-* predictors for serving

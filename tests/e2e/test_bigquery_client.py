@@ -195,3 +195,21 @@ def test_unchanged_client_with_emulated_metadata(server: Any, sink: str, tmp_pat
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["local", "4"]
+
+
+def test_running_jobs_are_polled(server_factory: Any) -> None:
+    """jobs.insert answering RUNNING: the client polls jobs.get and the getQueryResults long poll."""
+    srv = server_factory(env={"LOOPML_BIGQUERY_INSERT_WAIT_S": "0"})
+    c = bigquery.Client(
+        project=P, credentials=AnonymousCredentials(), client_options={"api_endpoint": srv.url}
+    )
+    try:
+        job = c.query("SELECT SUM(x) AS s FROM UNNEST(GENERATE_ARRAY(1, 100)) AS x")
+        assert [r.s for r in job.result()] == [5050]
+        assert job.state == "DONE" and job.statement_type == "SELECT"
+        with pytest.raises(gexc.BadRequest, match="Unrecognized name: nope"):
+            c.query("SELECT nope FROM UNNEST([1]) AS x").result()
+        listed = [j.job_id for j in c.list_jobs(max_results=5)]
+        assert len(listed) == 2 and listed[1] == job.job_id
+    finally:
+        c.close()

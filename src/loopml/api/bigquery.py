@@ -91,6 +91,7 @@ def install(app: FastAPI, platform: Platform) -> None:
     if wh is None:
         return
     jobs = JobManager(wh)
+    insert_wait = float(getattr(platform.settings, "bigquery_insert_wait_s", INSERT_WAIT_S))
     platform.services["bigquery_jobs"] = jobs
     platform.on_stop("bigquery-jobs", jobs.close)
 
@@ -283,7 +284,7 @@ def install(app: FastAPI, platform: Platform) -> None:
     async def insert_job(project: str, request: Request) -> Response:
         body = _body_dict(await read_json(request))
         job = await _start_query(project, body)
-        await wait_job(job, INSERT_WAIT_S)
+        await wait_job(job, insert_wait)
         return json_response(res.job_resource(job))
 
     @app.get(PREFIX + "/jobs")
