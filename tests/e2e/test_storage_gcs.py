@@ -109,6 +109,22 @@ def test_delete_copy_and_missing(bucket: storage.Bucket) -> None:
         bucket.blob("tmp/x.txt").download_as_bytes()
 
 
+def test_patch_metadata_and_folder_placeholder(client: storage.Client, bucket: storage.Bucket) -> None:
+    blob = bucket.blob("meta/x.json")
+    blob.upload_from_string("{}", content_type="application/json")
+    blob.metadata = {"stage": "train"}
+    blob.patch()
+    got = bucket.get_blob("meta/x.json")
+    assert got is not None and got.metadata == {"stage": "train"} and got.metageneration == 2
+    bucket.blob("meta/folder/").upload_from_string("")
+    it = client.list_blobs("data-bkt", prefix="meta/", delimiter="/")
+    assert [b.name for b in it] == ["meta/x.json"]
+    assert it.prefixes == {"meta/folder/"}
+    assert bucket.blob("meta/folder/").exists()
+    with pytest.raises(gexc.BadRequest):
+        bucket.blob("meta/x.json/inner").upload_from_string("conflicts with a file")
+
+
 def test_bucket_delete_refused_when_not_empty(client: storage.Client) -> None:
     b = client.create_bucket("to-delete")
     b.blob("f").upload_from_string("1")
