@@ -129,6 +129,7 @@ def build(platform: Platform) -> None:
         platform.settings,
         registry=lambda: platform.services.get("registry"),
         warehouse=lambda: platform.services.get("warehouse"),
+        serving=lambda: platform.services.get("serving"),
     )
     platform.services["batch"] = batch
     platform.on_start("batch", batch.start)

@@ -314,3 +314,84 @@ def test_bigquery_ml_model_batch_matches_ml_predict(server: ServerProcess) -> No
         for r in _rows(server, f"SELECT id, prediction FROM mlds.{table}")
     }
     assert got == expected
+
+
+CONTAINER = """
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PREDICT, HEALTH = os.environ["AIP_PREDICT_ROUTE"], os.environ["AIP_HEALTH_ROUTE"]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._reply(200 if self.path == HEALTH else 404, {})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        rows = body["instances"]
+        if self.path != PREDICT or any(not all(isinstance(v, (int, float)) for v in r) for r in rows):
+            self._reply(400, {"error": "instances must be lists of numbers"})
+            return
+        self._reply(200, {"predictions": [{"sum": sum(r), "n": len(rows)} for r in rows]})
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["AIP_HTTP_PORT"])), Handler).serve_forever()
+"""
+
+
+def test_custom_container_model_in_batches(server: ServerProcess, tmp_path: Path) -> None:
+    import sys
+
+    script = tmp_path / "container.py"
+    script.write_text(CONTAINER)
+    body = {
+        "modelId": "summer",
+        "model": {
+            "displayName": "summer",
+            "containerSpec": {"imageUri": "example.com/summer:1", "command": [sys.executable, str(script)]},
+        },
+    }
+    r = httpx.post(f"{server.url}{PARENT}/models:upload", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    bucket = server.home / "buckets" / "cin"
+    bucket.mkdir(parents=True, exist_ok=True)
+    rows: list[Any] = [[i, i * 0.5] for i in range(100)]
+    rows[42] = ["x", 1]
+    (bucket / "in.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    job = _create(
+        server,
+        {
+            "model": f"projects/{P}/locations/{L}/models/summer",
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": ["gs://cin/in.jsonl"]}},
+            "outputConfig": {
+                "predictionsFormat": "jsonl",
+                "gcsDestination": {"outputUriPrefix": "gs://cout/x"},
+            },
+            "manualBatchTuningParameters": {"batchSize": 8},
+        },
+    )
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert (
+        done["completionStats"]["successfulCount"] == "99" and done["completionStats"]["failedCount"] == "1"
+    )
+    local = server.home / "buckets" / done["outputInfo"]["gcsOutputDirectory"].removeprefix("gs://")
+    preds = [orjson.loads(line) for line in (local / "predictions_0001.jsonl").read_bytes().splitlines()]
+    assert {tuple(p["instance"]): p["prediction"]["sum"] for p in preds} == {
+        tuple(r): r[0] + r[1] for i, r in enumerate(rows) if i != 42
+    }
+    assert max(p["prediction"]["n"] for p in preds) == 8  # batchSize instances per container call
+    (error,) = [orjson.loads(line) for line in (local / "errors_0001.jsonl").read_bytes().splitlines()]
+    assert error["instance"] == ["x", 1] and "HTTP 400" in error["error"]["message"]

@@ -130,13 +130,8 @@ def load_predictor(framework: str, artifact_dir: Path | None, spec: Any) -> Any:
         builtin = load_builtin(framework, artifact_dir)
         if builtin is not None:
             return builtin
-    if framework == "custom-container":
-        from loopml.serving import containers
-
-        factory = getattr(containers, "batch_predictor", None)
-        if factory is None:
-            raise FailedPrecondition("Batch prediction of custom-container models is not available yet.")
-        return factory(spec)
+    if framework == "custom-container":  # started by the runner (containers.py) and cached
+        raise FailedPrecondition("Custom-container models are started by the batch runner, not loaded.")
     from loopml.serving.loaders import get_loader
 
     if artifact_dir is None:

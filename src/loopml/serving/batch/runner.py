@@ -32,6 +32,7 @@ from loopml.metadata import Database
 from loopml.metadata.batch_tables import BatchPredictionChunkRow, BatchPredictionJobRow
 from loopml.refs import now
 from loopml.serving.batch.chunk import InstanceOptions
+from loopml.serving.batch.containers import start_container_predictor
 from loopml.serving.batch.inputs import read_source
 from loopml.serving.batch.outputs import atomic_write
 from loopml.serving.batch.predictors import CACHE, close_predictor
@@ -56,8 +57,10 @@ class BatchRunner:
         store: ArtifactStore,
         settings: Settings,
         warehouse: Callable[[], Any],
+        serving: Callable[[], Any] | None = None,
     ) -> None:
         self.db = db
+        self.serving = serving or (lambda: None)
         self.store = store
         self.settings = settings
         self.warehouse = warehouse
@@ -114,6 +117,7 @@ class BatchRunner:
             row.state = "JOB_STATE_RUNNING"
             row.start_time = row.start_time or now()
             row.update_time = now()
+            job_name = f"projects/{row.project}/locations/{row.location}/batchPredictionJobs/{row.job_id}"
             job_id, spec_json, work, model_json = (
                 row.job_id,
                 dict(row.spec),
@@ -126,7 +130,9 @@ class BatchRunner:
             t0 = time.perf_counter()
             work = self._stage(pk, work_dir, spec_json, work, model)
             t1 = time.perf_counter()
-            finished = self._run_chunks(pk, job_id, work_dir, spec_json, work, model)
+            if model.framework == "custom-container":
+                self._start_containers(job_name, job_id, work_dir, spec_json, model)
+            finished = self._run_chunks(pk, job_id, job_name, work_dir, spec_json, work, model)
             t2 = time.perf_counter()
             if finished is None:
                 return  # stopping: the job stays RUNNING and resumes at the next start
@@ -175,6 +181,20 @@ class BatchRunner:
             row.update_time = now()
         return work
 
+    def _start_containers(
+        self, job_name: str, job_id: str, work_dir: Path, spec_json: dict[str, Any], model: ModelInfo
+    ) -> None:
+        spec = parse_job(spec_json)
+        serving = self.serving()
+        if serving is None:
+            raise JobFailed("No serving runtime on this server: cannot start the model's container.")
+        replicas = max(1, min(spec.starting_replica_count, spec.max_replica_count, os.cpu_count() or 1))
+        deployed = model.deployed_spec(job_name, job_id, replicas)
+        predictor = start_container_predictor(
+            serving, deployed, replicas, work_dir / "logs", self.settings.replica_start_timeout_s
+        )
+        CACHE.get(model.key(), lambda: predictor)
+
     def _out_dir(self, work_dir: Path, work: dict[str, Any]) -> tuple[str, Path]:
         if work["output"]["kind"] == "jsonl":
             return "jsonl", self.store.resolve(work["output"]["gcsOutputDirectory"])
@@ -184,6 +204,7 @@ class BatchRunner:
         self,
         pk: int,
         job_id: str,
+        job_name: str,
         work_dir: Path,
         spec_json: dict[str, Any],
         work: dict[str, Any],
@@ -220,6 +241,7 @@ class BatchRunner:
         tasks = [
             ChunkTask(
                 job_id=job_id,
+                job_name=job_name,
                 index=i,
                 start=i * chunk_rows,
                 length=min(chunk_rows, total - i * chunk_rows),

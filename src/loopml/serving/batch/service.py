@@ -60,11 +60,12 @@ class BatchService:
         settings: Settings,
         registry: Callable[[], Any],
         warehouse: Callable[[], Any],
+        serving: Callable[[], Any] | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.registry = registry
-        self.runner = BatchRunner(db, store, settings, warehouse)
+        self.runner = BatchRunner(db, store, settings, warehouse, serving)
 
     def start(self) -> None:
         self.runner.start()

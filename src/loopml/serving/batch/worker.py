@@ -32,10 +32,11 @@ class ModelInfo:
     def key(self) -> tuple[str, str]:
         return (self.framework, self.artifact_dir or f"{self.model_name}@{self.version_id}")
 
-    def deployed_spec(self, job_id: str, replicas: int) -> DeployedModelSpec:
+    def deployed_spec(self, job_name: str, job_id: str, replicas: int) -> DeployedModelSpec:
+        """What a loader (or the container runtime) sees: the job stands in for the endpoint."""
         return DeployedModelSpec(
-            endpoint_name="",
-            endpoint_id="",
+            endpoint_name=job_name,
+            endpoint_id="batch",
             deployed_model_id=f"batch-{job_id}",
             model_name=self.model_name,
             model_version_id=self.version_id,
@@ -53,6 +54,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class ChunkTask:
     job_id: str
+    job_name: str
     index: int
     start: int
     length: int
@@ -74,7 +76,7 @@ def get_predictor(task: ChunkTask) -> Any:
         lambda: load_predictor(
             model.framework,
             Path(model.artifact_dir) if model.artifact_dir else None,
-            model.deployed_spec(task.job_id, task.replicas),
+            model.deployed_spec(task.job_name, task.job_id, task.replicas),
         ),
     )
 
