@@ -119,6 +119,20 @@ def test_functions(wh: Warehouse) -> None:
     assert rows[0]["day"] == dt.date(2020, 11, 15) and [r["mid"] for r in rows] == [True, False, False]
 
 
+def test_more_bigquery_functions(wh: Warehouse) -> None:
+    rows = q(
+        wh,
+        "SELECT EXTRACT(DATE FROM start) AS d, MOD(ABS(FARM_FINGERPRINT(zone)), 10) AS bucket, "
+        "PARSE_TIMESTAMP('%Y-%m-%d %H:%M:%S', '2020-01-01 10:00:00') AS parsed, COUNTIF(fare > 5) OVER () AS n, "
+        "FORMAT_TIMESTAMP('%Y-%m', start) AS ym FROM ds.trips ORDER BY id",
+    )
+    assert rows[0]["d"] == dt.date(2020, 11, 15) and rows[0]["ym"] == "2020-11" and rows[0]["n"] == 2
+    assert rows[0]["parsed"] == dt.datetime(2020, 1, 1, 10, tzinfo=dt.UTC)
+    assert rows[0]["bucket"] == rows[2]["bucket"] and 0 <= rows[1]["bucket"] < 10  # same zone, same bucket
+    schema = wh.query("SELECT PARSE_TIMESTAMP('%Y', '2020') AS t", project=P).schema
+    assert schema == [{"name": "t", "type": "TIMESTAMP", "mode": "NULLABLE"}]
+
+
 def test_unnest_and_sampling(wh: Warehouse) -> None:
     assert q(wh, "SELECT id, tag FROM ds.trips, UNNEST(tags) AS tag ORDER BY id, tag") == [
         {"id": 1, "tag": "x"},

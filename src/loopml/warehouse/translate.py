@@ -248,6 +248,17 @@ def rewrite_functions(tree: exp.Expression) -> exp.Expression:
             unit = str(node.this.this).upper()
             if unit == "DAYOFWEEK":
                 return exp.Paren(this=exp.Add(this=node.copy(), expression=exp.Literal.number(1)))
+            if unit in ("DATE", "TIME", "DATETIME"):
+                target = {"DATE": "DATE", "TIME": "TIME", "DATETIME": "TIMESTAMP"}[unit]
+                return exp.cast(node.expression.copy(), exp.DataType.build(target))
+        if isinstance(node, exp.FarmFingerprint):
+            # not FarmHash: DuckDB's 64-bit hash, halved to fit INT64 (deterministic, documented)
+            arg = node.expressions[0].copy() if node.expressions else exp.null()
+            hashed = exp.Anonymous(this="hash", expressions=[arg])
+            half = exp.IntDiv(this=hashed, expression=exp.Literal.number(2))
+            return exp.cast(half, exp.DataType.build("BIGINT"))
+        if type(node) is exp.StrToTime:  # PARSE_TIMESTAMP: a TIMESTAMP (UTC), not a DATETIME
+            return exp.cast(node.copy(), exp.DataType.build("TIMESTAMPTZ"))
         if isinstance(node, exp.TableSample) and str(node.args.get("method") or "").upper() == "SYSTEM":
             node.set("method", exp.var("BERNOULLI"))
         return node
