@@ -256,6 +256,10 @@ def test_pip_install_local_package_and_inherit_from_catalog_image(
     assert out.stdout.strip() == "trained ['--epochs', '3']"
     check = subprocess.run([str(rt.python), "-c", "import six, trainer"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    # the runtime says what its env contains: the same inputs give the same cached env
+    assert "six" in rt.requirements and len(rt.local_packages) == 1
+    same = service.envs.ensure(rt.requirements, local_packages=rt.local_packages, python=rt.python_request)
+    assert same == rt.env_dir
 
 
 def test_delete_and_prebuilt_in_host_mode(service: ImageService, tmp_path: Path) -> None:

@@ -46,6 +46,11 @@ class ImageRuntime:
     container_workdir: str = "/"
     env_dir: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    requirements: list[str] = field(default_factory=list)
+    """What the env was built from; with `local_packages`, pass to `EnvManager.ensure` (plus more
+    packages, e.g. a job's sdist) to build a derived env with the same content."""
+    local_packages: list[Path] = field(default_factory=list)
+    python_request: str | None = None
 
     # -- paths -----------------------------------------------------------------------------
     def host_path(self, value: str) -> str:

@@ -276,6 +276,11 @@ class ImageService:
             container_workdir=workdir,
             env_dir=env_dir,
             labels=dict(config.get("labels") or {}),
+            requirements=[
+                line.replace(IMAGE_DIR, str(image_dir)) for line in config.get("env_requirements") or []
+            ],
+            local_packages=[image_dir / p for p in config.get("env_packages") or []],
+            python_request=config.get("python_requested"),
         )
 
     def _prebuilt_runtime(self, pre: Prebuilt, progress: Progress | None) -> ImageRuntime:
@@ -297,6 +302,8 @@ class ImageService:
             prebuilt=pre.framework,
             env_dir=env_dir,
             labels={"loopml.prebuilt.kind": pre.kind},
+            requirements=list(pre.requirements),
+            python_request=pre.python,
         )
 
     # -- docker ----------------------------------------------------------------------------
