@@ -137,7 +137,7 @@ def test_bucket_delete_refused_when_not_empty(client: storage.Client) -> None:
 
 def test_escapes_and_bad_names_are_400(server: ServerProcess, bucket: storage.Bucket) -> None:
     base = f"{server.url}/storage/v1/b/data-bkt/o"
-    for name in ("..%2F..%2Fmetadata.db", "a%2F..%2F..%2Fx", "%2Fetc%2Fpasswd", "a%00b"):
+    for name in ("..%2F..%2Fmetadata.db", "a%2F..%2F..%2Fx", "%2Fetc%2Fpasswd", "a%00b", "bad%FFutf8"):
         r = httpx.get(f"{base}/{name}")
         assert r.status_code == 400, (name, r.text)
         assert r.json()["error"]["errors"][0]["reason"] == "invalid"
@@ -152,6 +152,20 @@ def test_escapes_and_bad_names_are_400(server: ServerProcess, bucket: storage.Bu
     assert r.status_code == 404 and "No such object" in r.json()["error"]["message"]
     r = httpx.get(f"{server.url}/storage/v1/b/BAD..bucket/o")
     assert r.status_code == 400
+    r = httpx.get(f"{server.url}/storage/v1/b/data-bkt/o/dir%2Fa%20b%2Bc.txt", params={"alt": "media"})
+    assert r.status_code == 200 and r.headers["x-goog-hash"].startswith("crc32c=")
+    r = httpx.get(
+        f"{server.url}/storage/v1/b/data-bkt/o/dir%2Fa%20b%2Bc.txt",
+        params={"alt": "media"},
+        headers={"Range": "bytes=50-"},
+    )
+    assert r.status_code == 416
+    r = httpx.get(
+        f"{server.url}/download/storage/v1/b/data-bkt/o/dir%2Fa%20b%2Bc.txt", headers={"Range": "bytes=-4"}
+    )
+    assert (
+        r.status_code == 206 and r.content == b"opml" and r.headers["content-range"] == "bytes 8-11/12"
+    )
 
 
 def test_unmodified_code_with_storage_emulator_host(server: ServerProcess, bucket: storage.Bucket) -> None:

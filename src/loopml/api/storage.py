@@ -34,7 +34,10 @@ def _segments(request: Request, prefix: str) -> list[str]:
     if not path.startswith(prefix):
         raise NotFound(f"Not found: {request.url.path}")
     rest = path[len(prefix) :].strip("/")
-    return [unquote(s, errors="strict") for s in rest.split("/")] if rest else []
+    try:
+        return [unquote(s, errors="strict") for s in rest.split("/")] if rest else []
+    except UnicodeDecodeError:
+        raise InvalidArgument("The request path is not valid percent-encoded UTF-8.") from None
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -250,7 +253,7 @@ def _download(request: Request, store: ObjectStore, bucket: str, name: str) -> R
     start, end = 0, size - 1
     status = 200
     range_header = request.headers.get("range")
-    if range_header:
+    if range_header and size > 0:
         m = _RANGE_RE.match(range_header.strip())
         if not m or (not m.group(1) and not m.group(2)):
             raise InvalidArgument(f"Invalid Range header {range_header!r}.")
