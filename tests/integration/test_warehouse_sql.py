@@ -302,3 +302,12 @@ def test_statement_handler_gets_unparsable_statements(wh: Warehouse) -> None:
     assert calls[-1] == (sql, False)
     assert q(wh, "SELECT 1 AS one") == [{"one": 1}]
     assert calls[-1] == ("SELECT 1 AS one", True)
+
+
+def test_schema_and_view_ddl(wh: Warehouse) -> None:
+    assert wh.query("CREATE SCHEMA ds2", project=P).statement_type == "CREATE_SCHEMA"
+    assert [d["dataset"] for d in wh.list_datasets(P)] == ["ds", "ds2"]
+    wh.query("CREATE VIEW ds2.v AS SELECT id + 1 AS y FROM ds.trips WHERE id = 1", project=P)
+    assert q(wh, "SELECT y FROM ds2.v") == [{"y": 2}] and wh.get_table(P, "ds2", "v")["type"] == "VIEW"
+    assert wh.query("DROP SCHEMA ds2 CASCADE", project=P).statement_type == "DROP_SCHEMA"
+    assert [d["dataset"] for d in wh.list_datasets(P)] == ["ds"]
