@@ -170,3 +170,48 @@ def test_new_subscription_starts_at_the_head(http: httpx.Client) -> None:
     }
     assert http.delete(f"/v1/projects/{P}/subscriptions/sub-3").status_code == 200
     assert http.get(f"/v1/projects/{P}/subscriptions/sub-3").status_code == 404
+
+
+def test_bigquery_subscription_keeps_good_rows_and_records_bad_ones(http: httpx.Client) -> None:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(
+        project=P,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=str(http.base_url)),
+    )
+    client.create_dataset("typed")
+    schema = [bigquery.SchemaField("n", "INTEGER", mode="REQUIRED"), bigquery.SchemaField("ts", "TIMESTAMP")]
+    client.create_table(bigquery.Table(f"{P}.typed.rows", schema=schema))
+    http.put(f"/v1/projects/{P}/topics/typed-topic")
+    r = http.put(
+        f"/v1/projects/{P}/subscriptions/typed-sub",
+        json={
+            "topic": f"projects/{P}/topics/typed-topic",
+            "bigqueryConfig": {"table": f"{P}.typed.rows", "useTableSchema": True},
+        },
+    )
+    assert r.status_code == 200, r.text
+    events = [
+        {"n": "1", "ts": "2020-11-16 10:00:00"},
+        {"n": "one"},
+        {"n": 2, "extra": True},
+        [1, 2],
+        {"n": 3},
+    ]
+    assert http.post(f"/ingest/typed-topic?project={P}", json=events).status_code == 200
+    deadline = time.monotonic() + 60
+    while http.get(f"/v1/projects/{P}/subscriptions/typed-sub").json()["loopmlStatus"]["backlog"] and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    rows = client.query(f"SELECT n FROM `{P}.typed.rows` ORDER BY n").result()
+    assert [row["n"] for row in rows] == [1, 3]
+    dead = http.get(f"/v1/projects/{P}/subscriptions/typed-sub:deadLetters").json()["deadLetters"]
+    assert len(dead) == 3
+    payloads = sorted(base64.b64decode(d["message"]["data"]) for d in dead)
+    assert payloads == sorted([b'{"n":"one"}', b'{"n":2,"extra":true}', b"[1,2]"])
+    assert all(d["error"] for d in dead)
+    assert http.get(f"/v1/projects/{P}/subscriptions/typed-sub").json()["state"] == "RESOURCE_ERROR"
