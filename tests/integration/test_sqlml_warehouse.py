@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidQuery, NotFound, Unimplemented
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidQuery, NotFound
 from loopml.ingest.synth import events, is_anomaly
 from loopml.metadata import Database
 from loopml.registry.endpoints import EndpointService
@@ -239,7 +239,7 @@ def test_failed_create_model_leaves_nothing(stack: Stack) -> None:
         (CREATE.replace("NUM_CLUSTERS=2", "NUM_CLUSTERS=2, KMS_KEY_NAME='k'"), InvalidQuery, "KMS_KEY_NAME"),
         (CREATE.replace("NUM_CLUSTERS=2", "NUM_CLUSTERS='two'"), InvalidQuery, "NUM_CLUSTERS expects INT64"),
         (CREATE.replace("NUM_CLUSTERS=2", "NUM_CLUSTERS=HPARAM_RANGE(2, 4)"), InvalidQuery, "HPARAM_RANGE"),
-        (CREATE.replace("OPTIONS(", "TRANSFORM(tax) OPTIONS("), Unimplemented, "TRANSFORM"),
+        (CREATE.replace("OPTIONS(", "TRANSFORM(tax) OPTIONS("), InvalidQuery, "TRANSFORM"),
         (
             CREATE.replace("ecommerce.purchase.value AS value", "ecommerce.purchase.items AS value"),
             InvalidQuery,
@@ -302,6 +302,8 @@ def test_export_model(stack: Stack) -> None:
     assert predictor.predict([{"tax": 4.9, "shipping": 5.99, "value": 1000000.1}], None)[0][
         "nearest_centroid_id"
     ] == [1]
+    with pytest.raises(InvalidQuery, match="ALTER MODEL is not supported"):
+        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='x')")
     with pytest.raises(InvalidQuery, match="Unknown option FORMAT"):
         stack.q("EXPORT MODEL ecommerce_sink.anomaly_detection OPTIONS(uri='gs://exports/x', format='TF')")
 
@@ -345,6 +347,11 @@ def test_supervised_models(stack: Stack) -> None:
     assert row["predicted_big"] is True
     assert [p["label"] for p in row["predicted_big_probs"]] == [False, True]
     assert sum(p["prob"] for p in row["predicted_big_probs"]) == pytest.approx(1.0)
+    strict = stack.q(
+        "SELECT predicted_big FROM ML.PREDICT(MODEL ecommerce_sink.logit, "
+        "(SELECT 2.0 AS x, 'blue' AS color), STRUCT(1.0 AS threshold))"
+    )
+    assert strict.to_pylist() == [{"predicted_big": False}]
     ev = stack.q(
         "SELECT * FROM ML.EVALUATE(MODEL ecommerce_sink.logit, (SELECT x, color, big FROM ecommerce_sink.train))"
     )

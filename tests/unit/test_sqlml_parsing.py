@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopml.errors import InvalidQuery, Unimplemented
+from loopml.errors import InvalidQuery
 from loopml.sqlml import options as opts
 from loopml.sqlml.sqltext import Call, Scanner
 from loopml.sqlml.statements import (
@@ -26,6 +26,7 @@ from loopml.sqlml.statements import (
         ("CREATE TABLE ds.model AS SELECT 1", None),
         ("SELECT * FROM ML.PREDICT(MODEL ds.m, TABLE ds.t)", None),
         ("DROP TABLE ds.m", None),
+        ("ALTER MODEL ds.m SET OPTIONS(vertex_ai_model_id='m')", "ALTER_MODEL"),
     ],
 )
 def test_statement_kind(sql: str, kind: str | None) -> None:
@@ -66,11 +67,11 @@ def test_create_model_names_and_defaults() -> None:
     [
         (
             "CREATE MODEL ds.m TRANSFORM(x*2 AS y) OPTIONS(model_type='kmeans') AS SELECT 1",
-            Unimplemented,
+            InvalidQuery,
             "TRANSFORM",
         ),
-        ("CREATE MODEL ds.m INPUT(x INT64) OUTPUT(y INT64) AS SELECT 1", Unimplemented, "INPUT"),
-        ("CREATE TEMP MODEL m AS SELECT 1", Unimplemented, "TEMP"),
+        ("CREATE MODEL ds.m INPUT(x INT64) OUTPUT(y INT64) AS SELECT 1", InvalidQuery, "INPUT"),
+        ("CREATE TEMP MODEL m AS SELECT 1", InvalidQuery, "TEMP"),
         ("CREATE MODEL ds.m OPTIONS(model_type='kmeans')", InvalidQuery, "needs a training query"),
         (
             "CREATE MODEL ds.m OPTIONS(model_type='kmeans', model_type='kmeans') AS SELECT 1",

@@ -69,6 +69,11 @@ class SqlMLService:
             return None
         if kind == "CREATE_MODEL":
             return self.create_model(parse_create_model(sql, ctx.project, ctx.default_dataset), ctx)
+        if kind == "ALTER_MODEL":
+            raise InvalidQuery(
+                "ALTER MODEL is not supported by loopml; re-create the model with CREATE OR REPLACE MODEL "
+                "(with MODEL_REGISTRY = 'VERTEX_AI' to register it)."
+            )
         if kind == "DROP_MODEL":
             stmt = parse_drop_model(sql, ctx.project, ctx.default_dataset)
             return self.drop_model(stmt.path, if_exists=stmt.if_exists)

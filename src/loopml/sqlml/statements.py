@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from loopml.errors import InvalidQuery, Unimplemented
+from loopml.errors import InvalidQuery
 from loopml.sqlml.sqltext import Scanner
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
@@ -93,6 +93,8 @@ def statement_kind(sql: str) -> str | None:
             return "DROP_MODEL"
         if sc.accept("EXPORT", "MODEL"):
             return "EXPORT_MODEL"
+        if sc.accept("ALTER", "MODEL"):
+            return "ALTER_MODEL"
     except InvalidQuery:
         return None
     return None
@@ -126,7 +128,7 @@ def parse_create_model(sql: str, project: str, default_dataset: str | None) -> C
     sc.expect("CREATE")
     replace = sc.accept("OR", "REPLACE")
     if sc.accept("TEMP") or sc.accept("TEMPORARY"):
-        raise Unimplemented("CREATE TEMP MODEL is not supported by loopml; create a model in a dataset.")
+        raise InvalidQuery("CREATE TEMP MODEL is not supported by loopml; create a model in a dataset.")
     sc.expect("MODEL")
     if_not_exists = sc.accept("IF", "NOT", "EXISTS")
     if replace and if_not_exists:
@@ -134,14 +136,14 @@ def parse_create_model(sql: str, project: str, default_dataset: str | None) -> C
     path = resolve_path(sc.path(), project, default_dataset)
     word = sc.peek_word()
     if word == "TRANSFORM":
-        raise Unimplemented(
+        raise InvalidQuery(
             "The TRANSFORM clause of CREATE MODEL is not supported by loopml; "
             "compute the features in the AS query instead."
         )
     if word in ("INPUT", "OUTPUT"):
-        raise Unimplemented(f"The {word} clause (imported or remote models) is not supported by loopml.")
+        raise InvalidQuery(f"The {word} clause (imported or remote models) is not supported by loopml.")
     if word == "REMOTE":
-        raise Unimplemented("Remote models (REMOTE WITH CONNECTION) are not supported by loopml.")
+        raise InvalidQuery("Remote models (REMOTE WITH CONNECTION) are not supported by loopml.")
     options: dict[str, Any] = {}
     if sc.accept("OPTIONS"):
         options = _options(sc)
