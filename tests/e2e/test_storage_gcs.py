@@ -152,6 +152,7 @@ def test_escapes_and_bad_names_are_400(server: ServerProcess, bucket: storage.Bu
     assert r.status_code == 404 and "No such object" in r.json()["error"]["message"]
     r = httpx.get(f"{server.url}/storage/v1/b/BAD..bucket/o")
     assert r.status_code == 400
+    bucket.blob("dir/a b+c.txt").upload_from_string("hello loopml")
     r = httpx.get(f"{server.url}/storage/v1/b/data-bkt/o/dir%2Fa%20b%2Bc.txt", params={"alt": "media"})
     assert r.status_code == 200 and r.headers["x-goog-hash"].startswith("crc32c=")
     r = httpx.get(
@@ -163,9 +164,7 @@ def test_escapes_and_bad_names_are_400(server: ServerProcess, bucket: storage.Bu
     r = httpx.get(
         f"{server.url}/download/storage/v1/b/data-bkt/o/dir%2Fa%20b%2Bc.txt", headers={"Range": "bytes=-4"}
     )
-    assert (
-        r.status_code == 206 and r.content == b"opml" and r.headers["content-range"] == "bytes 8-11/12"
-    )
+    assert r.status_code == 206 and r.content == b"opml" and r.headers["content-range"] == "bytes 8-11/12"
 
 
 def test_unmodified_code_with_storage_emulator_host(server: ServerProcess, bucket: storage.Bucket) -> None:
