@@ -160,8 +160,7 @@ def batch_predict(
     """Run a batch prediction job over a table or storage files."""
     if input_format not in ("jsonl", "csv"):
         fail("--format must be jsonl or csv")
-    with cli_errors():
-        client = make_client(project, location)
+    with cli_errors(), make_client(project, location) as client:
         body = build_job(
             model,
             display_name=display_name,
@@ -229,8 +228,7 @@ def list_jobs(
     as_json: bool = JSON,
 ) -> None:
     """List batch prediction jobs, newest first."""
-    with cli_errors():
-        client = make_client(project, location)
+    with cli_errors(), make_client(project, location) as client:
         params: dict[str, Any] = {"pageSize": 1000}
         if state:
             full = state.upper() if state.upper().startswith("JOB_STATE_") else f"JOB_STATE_{state.upper()}"
@@ -249,8 +247,7 @@ def describe(
     as_json: bool = JSON,
 ) -> None:
     """Show one batch prediction job: state, progress, counts, output."""
-    with cli_errors():
-        client = make_client(project, location)
+    with cli_errors(), make_client(project, location) as client:
         data = client.json("GET", _job_path(client, job))
     if as_json:
         print_json(data)
@@ -265,7 +262,6 @@ def cancel(
     location: str = LOCATION,
 ) -> None:
     """Ask a running batch prediction job to stop after its current chunks."""
-    with cli_errors():
-        client = make_client(project, location)
+    with cli_errors(), make_client(project, location) as client:
         client.json("POST", _job_path(client, job) + ":cancel")
     typer.echo(f"Cancellation requested for {short(job)}.")
