@@ -172,3 +172,27 @@ def test_never_healthy_container_fails_deploy_and_leaves_nothing(srv: Any, tmp_p
     assert time.monotonic() - started < 100
     assert srv.proc is not None and not replica_pids(srv.proc.pid, "sick_server.py")
     assert call(srv.url, "GET", ep).get("deployedModels", []) == []
+
+
+def test_replicas_die_with_a_killed_server(server_factory: Any, tmp_path: Path) -> None:
+    from tests.e2e.serving_helpers import deploy, save, train, upload
+
+    srv = server_factory()
+    script = tmp_path / "orphan_server.py"
+    script.write_text(SERVER_SCRIPT)
+    _upload(srv, "orphan", script, [])
+    ep = create_endpoint(srv.url, "orphan-ep")
+    assert _deploy(srv, ep, "orphan").get("done")
+    upload(srv.url, "builtin", save(srv.home, train()[0], "builtin"))
+    deploy(srv.url, ep, "builtin", split={})
+    assert srv.proc is not None
+    pids = replica_pids(srv.proc.pid, "orphan_server.py") + replica_pids(srv.proc.pid)
+    assert len(pids) == 2
+    srv.kill()  # SIGKILL: the server cannot clean up; PR_SET_PDEATHSIG takes the replicas down
+
+    def all_gone() -> bool:
+        return not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids
+        )
+
+    wait_for(all_gone, timeout=20)

@@ -41,6 +41,41 @@ Reply = tuple[int, bytes, str]  # status, body, content type
 JSON_CT = "application/json"
 
 
+class Spawner:
+    """Starts replica processes from one long-lived thread, tied to the server's life.
+
+    On Linux each child gets `PR_SET_PDEATHSIG` = SIGKILL, so replicas (custom containers too)
+    die with the server even when it is SIGKILLed. The signal follows the *thread* that forked,
+    so every spawn happens on this one thread, which lives as long as the serving service.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-spawn")
+        self._prctl: Any = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                self._prctl = None
+
+    def _preexec(self) -> None:
+        if self._prctl is not None:
+            self._prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        def run() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, preexec_fn=self._preexec, **kwargs)
+
+        return self._pool.submit(run).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
 class ReplicaDied(Exception):
     """The replica went away with requests in flight; they may be retried elsewhere."""
 
@@ -119,6 +154,7 @@ class Replica:
         self.inflight = 0
         self.served = 0
         self.info: dict[str, Any] = {}
+        self.spawner: Spawner | None = None
         self.started_at = 0.0
         self._ps: Any = None
 
@@ -136,7 +172,8 @@ class Replica:
             out.write(f"--- {stamp} starting replica {self.replica_id}: {' '.join(argv)}\n".encode())
             out.flush()
             try:
-                self.proc = subprocess.Popen(
+                popen: Any = self.spawner.popen if self.spawner is not None else subprocess.Popen
+                self.proc = popen(
                     argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
                 )
             except OSError as exc:

@@ -132,7 +132,7 @@ class DeployedRuntime:
         return fut
 
     def active_count(self) -> int:
-        return sum(1 for r in self.replicas if r.state in ("ready", "starting", "restarting"))
+        return sum(1 for r in self.replicas if r.state in ("ready", "starting", "restarting", "unhealthy"))
 
     def fail_queued(self, message: str) -> None:
         while self.queue:
@@ -214,7 +214,7 @@ class DeployedRuntime:
         self._wake_all()
 
     def _replica_died(self, replica: Replica, reason: str) -> None:
-        if replica.state != "ready":
+        if replica.state not in ("ready", "unhealthy"):
             return
         log.warning(
             "replica %s of deployed model %s died: %s", replica.replica_id, self.deployed_model_id, reason
@@ -229,7 +229,7 @@ class DeployedRuntime:
     def check_replicas(self) -> None:
         """Notice replicas whose process exited (router loop; called by the monitor)."""
         for replica in list(self.replicas):
-            if replica.state == "ready" and not replica.alive():
+            if replica.state in ("ready", "unhealthy") and not replica.alive():
                 code = replica.proc.returncode if replica.proc else None
                 self._replica_died(replica, f"process exited with code {code}")
         if (

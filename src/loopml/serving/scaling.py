@@ -171,10 +171,21 @@ class ScalingMixin:
                         asyncio.get_running_loop().run_in_executor(
                             None, self._scale_to, rt, low, "below the minimum replica count"
                         )
-                    if probe:
-                        for r in rt.replicas:
-                            if isinstance(r, ContainerReplica) and r.state == "ready":
-                                asyncio.get_running_loop().run_in_executor(None, r.check_health)
+                    for r in rt.replicas:
+                        if not isinstance(r, ContainerReplica):
+                            continue
+                        # Vertex: 4 failed probes take a replica out of traffic (not restarted);
+                        # a passing probe puts it back.
+                        if r.state == "ready" and r.health_failures >= 4:
+                            sup_log.warning("replica %s failed 4 health checks: no traffic", r.replica_id)
+                            r.state = "unhealthy"
+                            rt.wake_all()
+                        elif r.state == "unhealthy" and r.health_failures == 0:
+                            sup_log.info("replica %s is healthy again", r.replica_id)
+                            r.state = "ready"
+                            rt.replica_ready(r)
+                        if probe and r.state in ("ready", "unhealthy"):
+                            asyncio.get_running_loop().run_in_executor(None, r.check_health)
             except Exception:
                 sup_log.exception("replica monitor cycle failed")
 

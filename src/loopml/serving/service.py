@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from loopml.serving.containers import ContainerReplica, build_container_env, con
 from loopml.serving.handler import BatchHandler
 from loopml.serving.metrics import ServingMetrics
 from loopml.serving.protocol import KIND_EXPLAIN, KIND_PREDICT
-from loopml.serving.replicas import InProcessReplica, ProcessReplica, Replica, base_env
+from loopml.serving.replicas import InProcessReplica, ProcessReplica, Replica, Spawner, base_env
 from loopml.serving.router import Answer, Router
 from loopml.serving.runtime import DeployedRuntime
 from loopml.serving.scaling import ScalingMixin
@@ -72,7 +71,7 @@ class ServingService(ScalingMixin):
         self._stabilisers: dict[str, Stabiliser] = {}
         self._busy: set[str] = set()  # deployed models with a scale operation running
         self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="loopml-serving")
+        self._spawner = Spawner()
         self._rand = random.random
         self._access_buffer: Any = None
 
@@ -110,7 +109,7 @@ class ServingService(ScalingMixin):
             self.router.rebuild()
         for rt in runtimes:
             self._stop_runtime(rt, drain_s=2.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._spawner.close()
         if self._sock_dir is not None:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
 
@@ -468,4 +467,5 @@ class ServingService(ScalingMixin):
             self._seq[dm_id] = n + 1
         rid = f"{dm_id}-r{n}"
         replica: Replica = rt.factory(rid, self.logs_dir / f"{rid}.log")
+        replica.spawner = self._spawner
         return replica
