@@ -165,6 +165,20 @@ def test_schema_patch_load_and_delete(client: bigquery.Client) -> None:
     )
     job.result()
     assert client.get_table(f"{P}.scratch.t").num_rows == 2
+    # no size: the client uses a resumable upload session
+    job = client.load_table_from_file(
+        io.BytesIO(b"3,z\n"), f"{P}.scratch.t", job_config=bigquery.LoadJobConfig(source_format="CSV")
+    )
+    job.result()
+    assert job.output_rows == 1
+    frame = client.query_and_wait(f"SELECT a, b FROM `{P}.scratch.t` ORDER BY a").to_dataframe()
+    job = client.load_table_from_dataframe(frame, f"{P}.scratch.copy")
+    job.result()
+    assert client.get_table(f"{P}.scratch.copy").num_rows == 3
+    ds = client.get_dataset(f"{P}.scratch")
+    ds.description, ds.labels = "scratch space", {"team": "wh"}
+    ds = client.update_dataset(ds, ["description", "labels"])
+    assert (ds.description, ds.labels) == ("scratch space", {"team": "wh"})
     client.delete_dataset(f"{P}.scratch", delete_contents=True)
     with pytest.raises(gexc.NotFound):
         client.get_dataset(f"{P}.scratch")

@@ -23,6 +23,7 @@ from loopml.warehouse import resources as res
 from loopml.warehouse.jobs import Job, JobManager
 from loopml.warehouse.load import load_data
 from loopml.warehouse.types import QueryResult
+from loopml.warehouse.uploads import UploadSessions, job_json, load_target, split_multipart
 
 PREFIX = "/bigquery/v2/projects/{project}"
 DEFAULT_PAGE = 100_000
@@ -55,35 +56,6 @@ async def wait_job(job: Job, timeout: float) -> bool:
     if job.future is not None and not job.done:
         await asyncio.wait({asyncio.wrap_future(job.future)}, timeout=timeout)
     return job.done
-
-
-def _split_multipart(request: Request, body: bytes) -> tuple[dict[str, Any], bytes]:
-    ctype = request.headers.get("content-type", "")
-    boundary = None
-    for part in ctype.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not ctype.startswith("multipart/") or not boundary:
-        raise InvalidArgument("Media uploads need a multipart/related body with a boundary.")
-    parts = []
-    for chunk in body.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk.lstrip(b"\n")
-        _head, sep, content = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            _head, sep, content = chunk.partition(b"\n\n")
-        parts.append(content[:-2] if content.endswith(b"\r\n") else content.rstrip(b"\n"))
-    if len(parts) != 2:
-        raise InvalidArgument("A multipart upload needs two parts: the job JSON and the data.")
-    import orjson
-
-    try:
-        meta = orjson.loads(parts[0])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"Malformed job JSON in the upload: {exc}") from exc
-    return _body_dict(meta), parts[1]
 
 
 def install(app: FastAPI, platform: Platform) -> None:
@@ -136,6 +108,24 @@ def install(app: FastAPI, platform: Platform) -> None:
     @app.get(PREFIX + "/datasets/{dataset}")
     async def get_dataset(project: str, dataset: str) -> Response:
         return json_response(res.dataset_resource(await run_in_threadpool(wh.get_dataset, project, dataset)))
+
+    async def _patch_dataset(project: str, dataset: str, request: Request) -> Response:
+        body = _body_dict(await read_json(request))
+        labels = body.get("labels")
+        if labels is not None and not isinstance(labels, dict):
+            raise InvalidArgument("labels must be an object.")
+        ds = await run_in_threadpool(
+            lambda: wh.patch_dataset(
+                project,
+                dataset,
+                description=body.get("description"),
+                labels={k: v for k, v in labels.items() if v is not None} if labels is not None else None,
+            )
+        )
+        return json_response(res.dataset_resource(ds))
+
+    app.patch(PREFIX + "/datasets/{dataset}")(_patch_dataset)
+    app.put(PREFIX + "/datasets/{dataset}")(_patch_dataset)
 
     @app.delete(PREFIX + "/datasets/{dataset}")
     async def delete_dataset(project: str, dataset: str, request: Request) -> Response:
@@ -371,27 +361,41 @@ def install(app: FastAPI, platform: Platform) -> None:
         out["kind"] = "bigquery#queryResponse"
         return json_response(out)
 
-    # -- load jobs (media upload) ----------------------------------------------------------
-    @app.post("/upload/bigquery/v2/projects/{project}/jobs")
-    async def upload_job(project: str, request: Request) -> Response:
-        if request.query_params.get("uploadType", "multipart") != "multipart":
-            raise InvalidArgument("Only uploadType=multipart is supported for load jobs.")
-        meta, data = _split_multipart(request, await request.body())
-        config = meta.get("configuration") or {}
-        load = config.get("load")
-        if not isinstance(load, dict):
-            raise InvalidArgument("The upload's job JSON needs configuration.load.")
-        dest = load.get("destinationTable") or {}
-        p, d, t = dest.get("projectId") or project, dest.get("datasetId"), dest.get("tableId")
-        if not d or not t:
-            raise InvalidArgument("configuration.load.destinationTable needs datasetId and tableId.")
+    # -- load jobs (media upload: multipart or resumable) ------------------------------------
+    uploads = UploadSessions()
+
+    async def _start_load(project: str, meta: dict[str, Any], data: bytes) -> Response:
+        load, (p, d, t) = load_target(meta, project)
         ref = meta.get("jobReference") or {}
-        job = jobs.new_job(project, ref.get("jobId"), ref.get("location"), config)
+        job = jobs.new_job(project, ref.get("jobId"), ref.get("location"), meta.get("configuration") or {})
 
         def work(_job: Job) -> QueryResult:
             n = load_data(wh, p, d, t, data, load)
             return QueryResult.empty("LOAD", num_dml_affected_rows=n, destination=(p, d, t))
 
         jobs.submit(job, work)
-        await wait_job(job, LONG_POLL_S)
+        await wait_job(job, insert_wait)
         return json_response(res.job_resource(job))
+
+    @app.post("/upload/bigquery/v2/projects/{project}/jobs")
+    async def upload_job(project: str, request: Request) -> Response:
+        kind = request.query_params.get("uploadType", "multipart")
+        if kind == "resumable":
+            upload_id = uploads.start(project, job_json(await request.body()))
+            location = str(request.url.include_query_params(upload_id=upload_id))
+            return Response(status_code=200, headers={"location": location})
+        if kind != "multipart":
+            raise InvalidArgument(f"Unsupported uploadType {kind!r}: use multipart or resumable.")
+        meta, data = split_multipart(request.headers.get("content-type", ""), await request.body())
+        return await _start_load(project, meta, data)
+
+    @app.put("/upload/bigquery/v2/projects/{project}/jobs")
+    async def upload_chunk(project: str, request: Request) -> Response:
+        upload_id = request.query_params.get("upload_id")
+        if not upload_id:
+            raise InvalidArgument("A resumable upload chunk needs ?upload_id=.")
+        done = uploads.put(upload_id, request.headers.get("content-range"), await request.body())
+        if isinstance(done, int):
+            headers = {"range": f"bytes=0-{done - 1}"} if done else {}
+            return Response(status_code=308, headers=headers)
+        return await _start_load(done.project, done.meta, bytes(done.data))

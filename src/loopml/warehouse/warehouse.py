@@ -262,6 +262,30 @@ class Warehouse:
         )
         return [self.get_dataset(project, r[0]) for r in rows]
 
+    def patch_dataset(
+        self,
+        project: str,
+        dataset: str,
+        *,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Update a dataset's description and/or labels (None leaves a field unchanged)."""
+        with self._lock:
+            ds = self.get_dataset(project, dataset)
+            self.cursor().execute(
+                "UPDATE _loopml.datasets SET description = ?, labels = ?, modified_ms = ? "
+                "WHERE lower(project) = lower(?) AND lower(dataset) = lower(?)",
+                [
+                    description if description is not None else ds["description"],
+                    orjson.dumps(labels if labels is not None else ds["labels"]).decode(),
+                    now_ms(),
+                    project,
+                    dataset,
+                ],
+            )
+        return self.get_dataset(project, dataset)
+
     def delete_dataset(self, project: str, dataset: str, *, delete_contents: bool = False) -> None:
         with self._lock:
             ds = self.get_dataset(project, dataset)
