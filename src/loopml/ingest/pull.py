@@ -18,7 +18,7 @@ from loopml.errors import InvalidArgument
 from loopml.ingest.log import Message, MessageLog, now_us
 
 if TYPE_CHECKING:
-    from loopml.ingest.service import SubState
+    from loopml.ingest.messages import SubState
 
 SCAN = 500
 
@@ -40,15 +40,18 @@ def lease(
         "SELECT seq, attempts FROM leases WHERE sub_id = ? AND due_us <= ? ORDER BY seq LIMIT ?",
         (state.sub_id, now, limit),
     ).fetchall()
-    conn.executemany(
-        "UPDATE leases SET attempts = ?, due_us = ? WHERE sub_id = ? AND seq = ?",
-        [(a + 1, due, state.sub_id, s) for s, a in again],
-    )
+    if again:
+        conn.executemany(
+            "UPDATE leases SET attempts = ?, due_us = ? WHERE sub_id = ? AND seq = ?",
+            [(a + 1, due, state.sub_id, s) for s, a in again],
+        )
     found = log.get_messages([s for s, _ in again], conn)
     out = [PulledMessage(s, a + 1, found[s]) for s, a in again if s in found]
     if len(out) >= limit or state.topic_id is None:
         return out
-    cursor = conn.execute("SELECT cursor FROM subscriptions WHERE sub_id = ?", (state.sub_id,)).fetchone()[0]
+    cursor = start = conn.execute(
+        "SELECT cursor FROM subscriptions WHERE sub_id = ?", (state.sub_id,)
+    ).fetchone()[0]
     fresh: list[PulledMessage] = []
     flt = state.spec.filter
     while len(out) + len(fresh) < limit:
@@ -63,10 +66,13 @@ def lease(
                 fresh.append(PulledMessage(msg.seq, 1, msg))
                 if len(out) + len(fresh) >= limit:
                     break
-    conn.executemany(
-        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", [(state.sub_id, p.seq, 1, due) for p in fresh]
-    )
-    conn.execute("UPDATE subscriptions SET cursor = ? WHERE sub_id = ?", (cursor, state.sub_id))
+    if fresh:
+        conn.executemany(
+            "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+            [(state.sub_id, p.seq, 1, due) for p in fresh],
+        )
+    if cursor != start:  # an idle poll writes nothing, so its commit costs no fsync
+        conn.execute("UPDATE subscriptions SET cursor = ? WHERE sub_id = ?", (cursor, state.sub_id))
     return out + fresh
 
 

@@ -9,7 +9,6 @@ served by `pull`/`acknowledge`/`modify_ack_deadline`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,8 @@ import orjson
 
 from loopml.errors import AlreadyExists, InvalidArgument, NotFound
 from loopml.ingest import pull
-from loopml.ingest.log import Message, MessageLog, now_us
+from loopml.ingest.log import MessageLog, now_us
+from loopml.ingest.messages import SubState, message_json
 from loopml.ingest.resources import (
     SubscriptionSpec,
     check_name,
@@ -35,46 +35,6 @@ log = logging.getLogger(__name__)
 
 PredictFn = Callable[[str, list[Any]], Awaitable[dict[str, Any]]]
 """`await predict(endpoint_name, instances)` → a Vertex predict response (`{"predictions": [...]}`)."""
-
-
-@dataclass
-class SubState:
-    sub_id: int
-    project: str
-    name: str
-    topic_id: int | None
-    spec: SubscriptionSpec
-    delivered: int = 0
-    last_error: str = ""
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def full_name(self) -> str:
-        return f"projects/{self.project}/subscriptions/{self.name}"
-
-
-def message_json(msg: Message) -> dict[str, Any]:
-    """The Pub/Sub PubsubMessage JSON of a logged message."""
-    from datetime import UTC, datetime
-
-    published = rfc3339(datetime.fromtimestamp(msg.publish_us / 1_000_000, UTC))
-    body: dict[str, Any] = {
-        "data": base64.b64encode(msg.data).decode(),
-        "attributes": orjson.loads(msg.attrs) if msg.attrs else {},
-        "messageId": msg.message_id,
-        "publishTime": published,
-    }
-    if msg.okey:
-        body["orderingKey"] = msg.okey
-    return body
-
-
-def attributes_of(msg: Message) -> dict[str, str]:
-    return orjson.loads(msg.attrs) if msg.attrs else {}
-
-
-def matches(spec: SubscriptionSpec, msg: Message) -> bool:
-    return spec.filter is None or bool(spec.filter({"attributes": attributes_of(msg)}))
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -20,8 +19,7 @@ import orjson
 
 from loopml.ingest import pull
 from loopml.ingest.log import Message, now_us
-from loopml.ingest.service import SubState, attributes_of, matches, message_json
-from loopml.refs import rfc3339
+from loopml.ingest.messages import SubState, attributes_of, matches, message_json, publish_time
 
 if TYPE_CHECKING:
     from loopml.ingest.service import IngestService
@@ -50,10 +48,6 @@ async def run_worker(svc: IngestService, state: SubState) -> None:
 
 def backoff(state: SubState, attempt: int) -> float:
     return float(min(state.spec.min_backoff * (2 ** max(attempt - 1, 0)), state.spec.max_backoff))
-
-
-def publish_time(msg: Message) -> str:
-    return rfc3339(datetime.fromtimestamp(msg.publish_us / 1_000_000, UTC)) or ""
 
 
 def advance(state: SubState, cursor: int, dead: list[tuple[int, str]]) -> Any:
