@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from loopml.errors import AlreadyExists, InvalidArgument
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from loopml.warehouse import Warehouse
 from loopml.warehouse.jobs import JobManager
 from loopml.warehouse.load import load_data
+from loopml.warehouse.resources import query_results
 from loopml.warehouse.rows import decode_parameters, decode_rows, encode_rows
 
 P = "jobs-proj"
@@ -58,6 +59,23 @@ def test_destination_table_dispositions(wh: Warehouse) -> None:
     assert job.error is not None and "Not found: Table jobs-proj:ds.t" in job.error.message
     job = run(jobs, {"query": "SELECT 1", "useLegacySql": True})
     assert job.error is not None and "Legacy SQL" in job.error.message
+    jobs.close()
+
+
+def test_only_newest_jobs_keep_rows(wh: Warehouse) -> None:
+    jobs = JobManager(wh, keep_results=2)
+    first = run(jobs, {"query": "SELECT 1 AS x"})
+    for _ in range(2):
+        run(jobs, {"query": "SELECT 2 AS x"})
+    newest = run(jobs, {"query": "SELECT 3 AS x"})
+    with pytest.raises(FailedPrecondition, match="no longer kept"):
+        query_results(
+            first, max_results=None, page_token=None, start_index=None, int64_ts=True, default_page=10
+        )
+    body = query_results(
+        newest, max_results=None, page_token=None, start_index=None, int64_ts=True, default_page=10
+    )
+    assert body["rows"] == [{"f": [{"v": "3"}]}] and body["totalRows"] == "1"
     jobs.close()
 
 

@@ -41,6 +41,7 @@ class Job:
     future: concurrent.futures.Future[None] | None = None
     cancelled: bool = False
     connection: Any = None
+    results_expired: bool = False
 
     @property
     def done(self) -> bool:
@@ -48,9 +49,12 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, warehouse: Warehouse, *, workers: int = 4, keep: int = 1000) -> None:
+    def __init__(
+        self, warehouse: Warehouse, *, workers: int = 4, keep: int = 1000, keep_results: int = 100
+    ) -> None:
         self.warehouse = warehouse
         self.keep = keep
+        self.keep_results = keep_results
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bq-job")
         self._jobs: OrderedDict[tuple[str, str], Job] = OrderedDict()
         self._lock = threading.Lock()
@@ -71,6 +75,17 @@ class JobManager:
             self._jobs[(project, job_id)] = job
             while len(self._jobs) > self.keep:
                 self._jobs.popitem(last=False)
+            if len(self._jobs) > self.keep_results:
+                # only the newest jobs keep their rows in memory
+                for old in list(self._jobs.values())[: len(self._jobs) - self.keep_results]:
+                    if (
+                        old.done
+                        and old.result is not None
+                        and old.result.total_rows
+                        and not old.results_expired
+                    ):
+                        old.result.table = old.result.table.slice(0, 0)
+                        old.results_expired = True
         return job
 
     def submit(self, job: Job, work: Callable[[Job], QueryResult]) -> Job:

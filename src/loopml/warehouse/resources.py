@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from loopml.errors import InvalidArgument
+from loopml.errors import FailedPrecondition, InvalidArgument
 from loopml.warehouse.jobs import Job
 from loopml.warehouse.rows import encode_rows
 from loopml.warehouse.schema import legacy_schema
@@ -172,6 +172,11 @@ def query_results(
         "cacheHit": False,
     }
     result = job.result
+    if job.results_expired:
+        raise FailedPrecondition(
+            f"The results of job {job.job_id} are no longer kept (only the newest jobs keep their rows); "
+            "run the query again or write it to a destination table."
+        )
     if result is None:
         out["totalRows"] = "0"
         return out
