@@ -26,8 +26,21 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start_server(home: Path) -> ServerProcess:
     server = ServerProcess(home=home, port=free_port(), env={"LOOPML_JOB_KILL_GRACE_S": "2"})
-    server.start(timeout=120)
+    try:
+        server.start(timeout=120)
+    except BaseException:
+        server.kill()
+        raise
     return server
+
+
+def undeploy_everything(endpoint_name: str) -> None:
+    """Undeploy and delete an endpoint through the SDK (its replicas stop)."""
+    from google.cloud import aiplatform
+
+    endpoint = aiplatform.Endpoint(endpoint_name)
+    endpoint.undeploy_all()
+    endpoint.delete()
 
 
 def build_image(server: ServerProcess, context: Path, tag: str) -> subprocess.CompletedProcess[str]:

@@ -21,8 +21,10 @@ from tests.e2e.examples_support import (
     build_image,
     fast_sdk_polling,
     load_module,
+    processes_under,
     shared_home,
     start_server,
+    undeploy_everything,
 )
 
 pytestmark = pytest.mark.slow
@@ -78,6 +80,8 @@ def test_air_quality_container_training_and_serving(
         endpoint=result["endpoint"], instances=[instance], parameters=json_format.ParseDict({}, Value())
     )
     assert response.predictions[0]["result"] == pytest.approx(prediction["result"])
+    undeploy_everything(result["endpoint"])
+    assert processes_under(srv.home) == []
 
 
 def test_air_quality_as_python_package(srv: ServerProcess, tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ from tests.e2e.examples_support import (
     build_image,
     fast_sdk_polling,
     load_module,
+    processes_under,
     shared_home,
     start_server,
+    undeploy_everything,
 )
 
 pytestmark = pytest.mark.slow
@@ -92,3 +94,5 @@ def test_hack_your_pipe_custom_end_to_end(srv: ServerProcess, monkeypatch: pytes
     )
     assert r.status_code == 200 and r.json()["predictions"] == [True]
     assert "STORAGE_EMULATOR_HOST" not in os.environ
+    undeploy_everything(result["endpoint"])
+    assert processes_under(srv.home) == []
