@@ -262,6 +262,14 @@ def test_pip_install_local_package_and_inherit_from_catalog_image(
     assert same == rt.env_dir
 
 
+def test_missing_python_version_builds_on_host_with_a_warning(service: ImageService, tmp_path: Path) -> None:
+    ctx = write_context(tmp_path / "ctx", 'FROM python:3.99-slim\nCMD ["python"]\n', {})
+    config = service.build(ctx, ["old-python:v1"])
+    assert config["python_requested"] == "3.99"
+    assert config["python_version"] == f"cpython-{'.'.join(map(str, sys.version_info[:3]))}"
+    assert any("Python 3.99" in w for w in config["warnings"])
+
+
 def test_delete_and_prebuilt_in_host_mode(service: ImageService, tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "ctx", 'FROM python:3.11\nCMD ["python", "-c", "print(1)"]\n', {})
     config = service.build(ctx, ["tmpimg:a", "tmpimg:b"])

@@ -214,6 +214,7 @@ def delete(
         typer.echo(f"Untagged {t}")
     if result["deleted"]:
         typer.echo(f"Deleted {result['digest']}")
+        typer.echo("Jobs or deployed models that name this image cannot start until it is built again.")
 
 
 @images_app.command("resolve")

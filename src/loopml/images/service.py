@@ -113,6 +113,16 @@ class ImageService:
                 context=str(context),
                 engine="loopml",
             )
+            requested = config.get("python_requested")
+            got = str(config.get("python_version") or "").split("-")[-1]
+            if requested and not (got == requested or got.startswith(f"{requested}.")):
+                note = (
+                    f"FROM asks for Python {requested}, which is not installed here; "
+                    f"the image runs on Python {got} (install it with `uv python install {requested}`)."
+                )
+                config["warnings"].append(note)
+                if progress:
+                    progress(f"warning: {note}")
             for line, workdir, command in state.deferred:
                 self._run_deferred(build_dir, config, env_dir, line, workdir, command, progress)
             digest = self._digest(build_dir / "root", config)
