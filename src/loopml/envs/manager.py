@@ -59,6 +59,7 @@ class EnvManager:
         self.cache_dir = cache_dir
         self.offline = offline
         self.uv = find_uv() if use_uv else None
+        self._pythons: dict[str, tuple[str, str, str | None]] = {}
 
     # -- specs -----------------------------------------------------------------------------
     def spec(
@@ -71,7 +72,10 @@ class EnvManager:
         base_dir: Path | None = None,
     ) -> EnvSpec:
         """Normalise what an environment should contain; `python` is a version ("3.10") or a path."""
-        path, version, warning = resolve_python(python, self.uv)
+        key = python or ""
+        if key not in self._pythons:  # `uv python find` takes a second: once per request
+            self._pythons[key] = resolve_python(python, self.uv)
+        path, version, warning = self._pythons[key]
         if warning:
             log.warning("%s", warning)
         return build_spec(
