@@ -61,6 +61,7 @@ class DeployedRuntime:
         self.factory: Any = None  # (replica_id, log_path) -> Replica, set by the service
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.last_request_total = 0
+        self.last_start_failure = 0.0
         self.stopping = False
 
     @property

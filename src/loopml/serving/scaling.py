@@ -108,6 +108,7 @@ class ScalingMixin:
                     except LoopmlError as exc:
                         log.error("deployed model %s: new replica failed: %s", dm_id, exc.message)
                         rt.replicas.remove(r)
+                        rt.last_start_failure = time.monotonic()
                         continue
                     if not self._is_live(rt):
                         r.stop(timeout=2.0)
@@ -167,7 +168,11 @@ class ScalingMixin:
                 for rt in list(self.router.runtimes.values()):
                     rt.check_replicas()
                     low = max(1, rt.spec.min_replicas)
-                    if rt.active_count() < low and rt.deployed_model_id not in self._busy:
+                    if (
+                        rt.active_count() < low
+                        and rt.deployed_model_id not in self._busy
+                        and now - rt.last_start_failure > 10.0
+                    ):
                         asyncio.get_running_loop().run_in_executor(
                             None, self._scale_to, rt, low, "below the minimum replica count"
                         )

@@ -1,0 +1,139 @@
+"""How replicas of a deployed model are made: built-in model servers or custom containers.
+
+Mixed into the serving service; decided once per deployment (at deploy time, never per request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loopml.errors import FailedPrecondition, LoopmlError
+from loopml.serving import loaders
+from loopml.serving.containers import ContainerReplica, build_container_env, container_argv
+from loopml.serving.handler import BatchHandler
+from loopml.serving.replicas import InProcessReplica, ProcessReplica, base_env
+from loopml.serving.spec import DeployedModelSpec
+
+CUSTOM = "custom-container"
+STORAGE_BUCKET = "loopml-serving"
+
+
+def _meta(spec: DeployedModelSpec) -> dict[str, str]:
+    return {
+        "deployedModelId": spec.deployed_model_id,
+        "model": spec.model_name,
+        "modelVersionId": spec.model_version_id,
+        "modelDisplayName": spec.model_display_name,
+    }
+
+
+class FactoryMixin:
+    # Provided by ServingService.
+    platform: Any
+    settings: Any
+    artifacts: Any
+    _sock_dir: Path | None
+
+    def _check_artifacts(self, spec: DeployedModelSpec) -> None:
+        if spec.framework == CUSTOM:
+            return
+        loaders.get_loader(spec.framework)
+        if spec.artifact_dir is None:
+            raise FailedPrecondition(
+                f"Model {spec.model_name}@{spec.model_version_id} has no artifacts to serve with the "
+                f"built-in {spec.framework} server."
+            )
+        if not self.artifacts.is_inside(spec.artifact_dir) or not Path(spec.artifact_dir).is_dir():
+            raise FailedPrecondition(
+                f"The artifacts of {spec.model_name}@{spec.model_version_id} are not inside the artifact "
+                "store; only registered snapshots are served."
+            )
+
+    def _socket_dir(self) -> Path:
+        if self._sock_dir is None:
+            self._sock_dir = Path(tempfile.mkdtemp(prefix="loopml-sock-"))
+        return self._sock_dir
+
+    def _replica_factory(self, spec: DeployedModelSpec) -> Any:
+        timeout = float(self.settings.replica_start_timeout_s)
+        if spec.framework == CUSTOM:
+            return self._container_factory(spec, timeout)
+        ref = loaders.factory_ref(spec.framework)
+        meta = _meta(spec)
+        if ref is None:
+
+            def make_handler() -> BatchHandler:
+                assert spec.artifact_dir is not None
+                predictor = loaders.get_loader(spec.framework)(Path(spec.artifact_dir), spec)
+                return BatchHandler(predictor, meta)
+
+            return lambda rid, log_path: InProcessReplica(rid, log_path, make_handler)
+        fields = dataclasses.asdict(spec)
+        fields["artifact_dir"] = str(spec.artifact_dir)
+        config = {
+            "factory": ref,
+            "artifact_dir": str(spec.artifact_dir),
+            "store_root": str(self.artifacts.root),
+            "spec": fields,
+            "meta": meta,
+            "log_level": self.settings.log_level,
+        }
+        sock_dir = self._socket_dir()
+        return lambda rid, log_path: ProcessReplica(rid, log_path, timeout, sock_dir / f"{rid}.sock", config)
+
+    def _container_factory(self, spec: DeployedModelSpec, timeout: float) -> Any:
+        cs = spec.container_spec or {}
+        runtime = None
+        images = self.platform.services.get("images")
+        image_uri = cs.get("imageUri")
+        if images is not None and image_uri:
+            runtime = images.resolve(image_uri)
+        argv, cwd = container_argv(spec, runtime)
+        prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
+        predict_route = cs.get("predictRoute") or f"{prefix}:predict"
+        health_route = cs.get("healthRoute") or prefix
+        storage_uri = self._storage_copy(spec)
+        from loopml.training.contract import emulator_env
+
+        parts = spec.endpoint_name.split("/")
+        project = parts[1] if len(parts) > 3 else ""
+        location = parts[3] if len(parts) > 3 else None
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        base = base_env()
+        base.update(emulator_env(f"http://{host}:{self.settings.port}", project, location))
+        env = build_container_env(spec, runtime, storage_uri, predict_route, health_route, base)
+        if cwd is None:
+            cwd = self.settings.resolved_home() / "run" / "containers" / spec.deployed_model_id
+            cwd.mkdir(parents=True, exist_ok=True)
+        meta = _meta(spec)
+        return lambda rid, log_path: ContainerReplica(
+            rid,
+            log_path,
+            timeout,
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            predict_route=predict_route,
+            health_route=health_route,
+            meta=meta,
+        )
+
+    def _storage_copy(self, spec: DeployedModelSpec) -> str:
+        if spec.artifact_dir is None or not Path(spec.artifact_dir).is_dir():
+            return ""
+        dest = self.artifacts.bucket_path(STORAGE_BUCKET) / spec.endpoint_id / spec.deployed_model_id
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(spec.artifact_dir, dest, symlinks=False)
+        return self.artifacts.uri_for(dest)
+
+    def _cleanup_storage(self, spec: DeployedModelSpec) -> None:
+        if spec.framework == CUSTOM:
+            with contextlib.suppress(LoopmlError):
+                dest = self.artifacts.bucket_path(STORAGE_BUCKET) / spec.endpoint_id / spec.deployed_model_id
+                shutil.rmtree(dest, ignore_errors=True)
