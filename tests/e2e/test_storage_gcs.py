@@ -91,6 +91,13 @@ def test_list_with_prefix_delimiter_and_pages(client: storage.Client, bucket: st
     assert it.prefixes == {"ls/sub/"}
     paged = [b.name for b in client.list_blobs("data-bkt", prefix="ls/", max_results=10, page_size=1)]
     assert paged == names
+    assert [b.name for b in client.list_blobs("data-bkt", match_glob="ls/**/*.csv")] == names
+    globbed = [b.name for b in client.list_blobs("data-bkt", match_glob="ls/sub/**")]
+    assert globbed == ["ls/sub/c.csv", "ls/sub/deeper/d.csv"]
+    assert [b.name for b in client.list_blobs("data-bkt", match_glob="ls/{a,b}.csv")] == [
+        "ls/a.csv",
+        "ls/b.csv",
+    ]
     after_b = [b.name for b in client.list_blobs("data-bkt", prefix="ls/", start_offset="ls/b")]
     assert after_b == ["ls/b.csv", "ls/sub/c.csv", "ls/sub/deeper/d.csv"]
 

@@ -153,6 +153,7 @@ def _list(store: ObjectStore, bucket: str, params: dict[str, str], base: str) ->
         start_offset=params.get("startOffset", ""),
         end_offset=params.get("endOffset", ""),
         include_trailing_delimiter=params.get("includeTrailingDelimiter", "").lower() == "true",
+        match_glob=params.get("matchGlob", ""),
     )
     items = []
     for name in names:

@@ -426,6 +426,7 @@ class ObjectStore:
         start_offset: str = "",
         end_offset: str = "",
         include_trailing_delimiter: bool = False,
+        match_glob: str = "",
     ) -> tuple[list[str], list[str], str | None]:
         """(object names, prefixes, next page token) in GCS order."""
         root = self.bucket_dir(bucket)
@@ -433,6 +434,9 @@ class ObjectStore:
         if any(p in ("..", ".") for p in start_dir.split("/")):
             raise InvalidArgument(f"Invalid prefix {prefix!r}.")
         names = sorted(n for n in self._walk(root, start_dir) if n.startswith(prefix))
+        if match_glob:
+            rx = glob_regex(match_glob)
+            names = [n for n in names if rx.match(n)]
         after = _decode_token(page_token) if page_token else ""
         items: list[str] = []
         prefixes: list[str] = []
@@ -466,6 +470,48 @@ class ObjectStore:
             last_key = key
             count += 1
         return items, prefixes, None
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`matchGlob` syntax: `*` (not `/`), `**` (anything), `?`, `[abc]`, `{a,b}`."""
+    out = ""
+    i = 0
+    depth = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            continue
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[" and "]" in pattern[i + 1 :]:
+            j = pattern.index("]", i + 1)
+            out += "[" + pattern[i + 1 : j].replace("\\", "\\\\") + "]"
+            i = j
+        elif c == "{":
+            out += "(?:"
+            depth += 1
+        elif c == "}" and depth:
+            out += ")"
+            depth -= 1
+        elif c == "," and depth:
+            out += "|"
+        else:
+            out += re.escape(c)
+        i += 1
+    if depth:
+        raise InvalidArgument(f"Invalid matchGlob {pattern!r}: unbalanced braces.")
+    try:
+        return re.compile(out + r"\Z", re.S)
+    except re.error as exc:
+        raise InvalidArgument(f"Invalid matchGlob {pattern!r}: {exc}.") from None
 
 
 def _rel(root: Path, path: Path) -> str:
