@@ -15,11 +15,9 @@ import hashlib
 import json
 import mimetypes
 import os
-import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,6 @@ import google_crc32c
 
 from loopml.artifacts import ArtifactStore
 from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LoopmlError, NotFound
-
-_TMP_RE = re.compile(r"^\..*\.tmp-\d+$")
 
 
 class PreconditionFailed(LoopmlError):
@@ -158,7 +154,9 @@ class ObjectStore:
 
     def delete_bucket(self, bucket: str) -> None:
         path = self.bucket_dir(bucket)
-        if any(self._walk(path, "")):
+        from loopml.api.storage_listing import walk
+
+        if any(walk(self, path, "")):
             raise BucketNotEmpty(f"The bucket you tried to delete is not empty: {bucket}.")
         shutil.rmtree(path)
         shutil.rmtree(self.meta_dir / bucket, ignore_errors=True)
@@ -397,121 +395,15 @@ class ObjectStore:
         resource.update({k: v for k, v in body.items() if k in ("contentType", "metadata", "cacheControl")})
         return self.commit(dst_bucket, dst, temp, resource, None, {})
 
-    # -- listing ---------------------------------------------------------------------------
-    def _walk(self, root: Path, start: str) -> Iterator[str]:
-        base = root.joinpath(*[p for p in start.split("/") if p]) if start else root
-        if not base.is_dir():
-            return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            rel = _rel(root, Path(dirpath))
-            prefix = "" if rel == "" else rel + "/"
-            if prefix and self._has_placeholder(root.name, prefix):
-                yield prefix
-            for fname in filenames:
-                if not _TMP_RE.match(fname):
-                    yield prefix + fname
+    # -- listing (loopml.api.storage_listing) ------------------------------------------------
+    def list_objects(self, bucket: str, **options: Any) -> tuple[list[str], list[str], str | None]:
+        """(object names, prefixes, next page token) in GCS order; options as in `list_objects`."""
+        from loopml.api.storage_listing import list_objects
+
+        return list_objects(self, bucket, **options)
 
     def _has_placeholder(self, bucket: str, name: str) -> bool:
         return self._sidecar(bucket, name).is_file()
-
-    def list_objects(
-        self,
-        bucket: str,
-        *,
-        prefix: str = "",
-        delimiter: str = "",
-        page_token: str = "",
-        max_results: int = 1000,
-        start_offset: str = "",
-        end_offset: str = "",
-        include_trailing_delimiter: bool = False,
-        match_glob: str = "",
-    ) -> tuple[list[str], list[str], str | None]:
-        """(object names, prefixes, next page token) in GCS order."""
-        root = self.bucket_dir(bucket)
-        start_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        if any(p in ("..", ".") for p in start_dir.split("/")):
-            raise InvalidArgument(f"Invalid prefix {prefix!r}.")
-        names = sorted(n for n in self._walk(root, start_dir) if n.startswith(prefix))
-        if match_glob:
-            rx = glob_regex(match_glob)
-            names = [n for n in names if rx.match(n)]
-        after = _decode_token(page_token) if page_token else ""
-        items: list[str] = []
-        prefixes: list[str] = []
-        count = 0
-        last_key = ""
-        for name in names:
-            if start_offset and name < start_offset:
-                continue
-            if end_offset and name >= end_offset:
-                break
-            key = name
-            rolled = False
-            if delimiter:
-                rest = name[len(prefix) :]
-                idx = rest.find(delimiter)
-                if idx >= 0:
-                    key = prefix + rest[: idx + len(delimiter)]
-                    rolled = True
-            if after and key <= after:
-                continue
-            if key == last_key:
-                continue
-            if count >= max_results:
-                return items, prefixes, _encode_token(last_key)
-            if rolled:
-                prefixes.append(key)
-                if include_trailing_delimiter and name == key:
-                    items.append(name)
-            else:
-                items.append(name)
-            last_key = key
-            count += 1
-        return items, prefixes, None
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`matchGlob` syntax: `*` (not `/`), `**` (anything), `?`, `[abc]`, `{a,b}`."""
-    out = ""
-    i = 0
-    depth = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-            continue
-        if c == "*":
-            out += "[^/]*"
-        elif c == "?":
-            out += "[^/]"
-        elif c == "[" and "]" in pattern[i + 1 :]:
-            j = pattern.index("]", i + 1)
-            out += "[" + pattern[i + 1 : j].replace("\\", "\\\\") + "]"
-            i = j
-        elif c == "{":
-            out += "(?:"
-            depth += 1
-        elif c == "}" and depth:
-            out += ")"
-            depth -= 1
-        elif c == "," and depth:
-            out += "|"
-        else:
-            out += re.escape(c)
-        i += 1
-    if depth:
-        raise InvalidArgument(f"Invalid matchGlob {pattern!r}: unbalanced braces.")
-    try:
-        return re.compile(out + r"\Z", re.S)
-    except re.error as exc:
-        raise InvalidArgument(f"Invalid matchGlob {pattern!r}: {exc}.") from None
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -535,14 +427,3 @@ def _quote(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
-
-
-def _encode_token(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument(f"Invalid pageToken {token!r}.") from None
