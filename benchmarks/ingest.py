@@ -60,7 +60,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     raw = [s.encode() for s in sample]
     with tempfile.TemporaryDirectory(prefix="loopml-ingest-bench-") as tmp:
         work = Path(tmp)
-        peer = {f"batch{b}": duckdb_rate(raw, b, seconds, work) for b in (1, 100, 1000)}
+        peer = {f"batch{b}": duckdb_rate(raw, b, seconds, work) for b in (1, 100, 1000, 10000)}
         port = common.free_port()
         env = {"LOOPML_HOME": str(work / "home"), "LOOPML_PORT": str(port), "LOOPML_LOG_LEVEL": "WARNING"}
         proc = common.start([sys.executable, "-m", "loopml", "server"], env=env, log=work / "server.log")
@@ -87,12 +87,18 @@ def run(quick: bool = False) -> dict[str, Any]:
             common.stop(proc)
     ref = peer["batch1000"]
     summary = {name: round(v["events_per_s"] / ref, 3) for name, v in loopml.items()}
+    best = {name: round(v["events_per_s"] / peer["batch10000"], 3) for name, v in loopml.items()}
     return {
         "seconds_per_case": seconds,
         "event_bytes": len(raw[0]),
         "duckdb_arrow_append_rows_per_s": {k: round(v, 1) for k, v in peer.items()},
         "loopml": loopml,
-        "summary": {"ratio_to_duckdb_batch1000": summary, "target": 0.25, "topic_ok": stored},
+        "summary": {
+            "ratio_to_duckdb_batch1000": summary,
+            "ratio_to_duckdb_batch10000": best,
+            "target": 0.25,
+            "topic_ok": stored,
+        },
     }
 
 
@@ -105,7 +111,7 @@ def markdown(data: dict[str, Any]) -> str:
         "| writer | events/s | p50 ms | p99 ms | ratio to DuckDB (1,000-row batches) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for batch in ("batch1", "batch100", "batch1000"):
+    for batch in ("batch1", "batch100", "batch1000", "batch10000"):
         ratio = peer[batch] / peer["batch1000"]
         lines.append(f"| DuckDB Arrow append, {batch[5:]} rows/txn | {peer[batch]:,.0f} | | | {ratio:.2f} |")
     for name, v in data["loopml"].items():
@@ -118,5 +124,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"{v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {ratio:.2f} |"
         )
     lines.append("")
-    lines.append("Target: durable `/ingest` at least 0.25 of DuckDB's batched Arrow append rate.")
+    best = data["summary"]["ratio_to_duckdb_batch10000"]
+    lines.append(
+        "Target: durable `/ingest` at least 0.25 of DuckDB's batched Arrow append rate. Against DuckDB's "
+        f"10,000-row batches the ratios are {best['array1000']:.2f} (arrays of 1,000), "
+        f"{best['array100']:.2f} (arrays of 100) and {best['single']:.3f} (single events)."
+    )
     return "\n".join(lines)
