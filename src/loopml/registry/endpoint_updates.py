@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from loopml.errors import InvalidArgument, LoopmlError, NotFound
-from loopml.metadata import Database
-from loopml.metadata.tables import EndpointRow
 from loopml.registry import deployments as dep
-from loopml.registry.operations import OperationStore, typed
+from loopml.registry.endpoint_base import EndpointBase
+from loopml.registry.operations import typed
 from loopml.registry.traffic import check_split, parse_split
 from loopml.registry.validation import labels as check_labels
 from loopml.registry.validation import opt_str
@@ -44,35 +40,8 @@ def _snake(path: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in path.strip())
 
 
-class EndpointUpdates:
-    db: Database
-    operations: OperationStore
-
-    def _endpoint_row(self, session: Session, project: str, location: str, endpoint_id: str) -> EndpointRow:
-        raise NotImplementedError
-
-    def _json(self, row: EndpointRow, *, with_status: bool = True) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _lock(self, name: str) -> threading.Lock:
-        raise NotImplementedError
-
-    def _push(self, fn: Any) -> None:
-        raise NotImplementedError
-
-    def _failed(self, name: str, exc: Exception) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def serving(self) -> Any | None:
-        raise NotImplementedError
-
-    @staticmethod
-    def _touch(row: EndpointRow) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    def _logging_config(value: Any) -> dict[str, Any]:
-        raise NotImplementedError
+class EndpointUpdates(EndpointBase):
+    """PATCH and mutateDeployedModel."""
 
     def update_endpoint(
         self, project: str, location: str, endpoint_id: str, body: Any, update_mask: str | None = None

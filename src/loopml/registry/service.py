@@ -7,27 +7,25 @@ the artifact store at upload; the snapshot is immutable and is what serving load
 from __future__ import annotations
 
 import logging
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 from loopml.metadata import Database
-from loopml.metadata.tables import ModelRow, ModelVersionRow
-from loopml.refs import check_parent, new_numeric_id, now
+from loopml.metadata.tables import ModelRow
+from loopml.refs import check_parent, now
 from loopml.registry import aliases as alias_rules
-from loopml.registry import store
-from loopml.registry.frameworks import detect_framework
+from loopml.registry import store, upload
 from loopml.registry.listing import paginate
 from loopml.registry.operations import EMPTY_TYPE, OperationStore, typed
 from loopml.registry.validation import labels as check_labels
-from loopml.registry.validation import opt_str, parse_model, update_paths
+from loopml.registry.validation import opt_str, update_paths
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +59,22 @@ class RegistryService:
         parent_model: str | None = None,
         lineage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Register a model (or a new version of `parent_model`); returns UploadModelResponse."""
-        with self.db.session() as session:
-            return self._upload(session, project, location, model, model_id, parent_model, lineage)
+        """Register a model (or a new version of `parent_model`); returns UploadModelResponse.
+
+        The artifacts at `model["artifactUri"]` are snapshotted into the store first; `lineage`
+        records what produced the version (default `{"kind": "upload"}`).
+        """
+        prep = upload.prepare(
+            self.db, self.artifacts, project, location, model, model_id, parent_model, lineage
+        )
+        try:
+            with self.db.session() as session:
+                result = upload.commit(session, prep)
+        except BaseException:
+            prep.discard()
+            raise
+        log.info("registered %s@%s (%s)", prep.model_id, result["modelVersionId"], prep.framework)
+        return result
 
     def upload_operation(self, project: str, location: str, body: Any) -> dict[str, Any]:
         """`models:upload` with its request body; returns the finished Operation."""
@@ -78,108 +89,18 @@ class RegistryService:
             raise InvalidArgument("modelId must be a string.")
         if parent is not None and not isinstance(parent, str):
             raise InvalidArgument("parentModel must be a string (a model resource name).")
-        with self.db.session() as session:
-            result = self._upload(session, project, location, body.get("model"), model_id, parent, None)
-            return self.operations.record(
-                session, result["model"], response=typed("UploadModelResponse", result)
-            )
-
-    def _upload(
-        self,
-        session: Session,
-        project: str,
-        location: str,
-        model: Any,
-        model_id: str | None,
-        parent_model: str | None,
-        lineage: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        check_parent(project, location)
-        fields = parse_model(model)
-        if lineage is not None and not isinstance(lineage, dict):
-            raise InvalidArgument("lineage must be an object.")
-        ts = now()
-        if parent_model:
-            parent_id, parent_version = store.split_ref(parent_model)
-            full = store.model_name(project, location, parent_id)
-            if "/" in parent_model and parent_model.split("@")[0].replace("%40", "@") != full:
-                raise InvalidArgument(
-                    f"parentModel {parent_model!r} is not a model in {full.split('/models/')[0]}."
-                )
-            if parent_version is not None:
-                raise InvalidArgument("parentModel must name a model without a version (no '@').")
-            if model_id and model_id != parent_id:
-                raise InvalidArgument(f"modelId {model_id!r} differs from the parentModel id {parent_id!r}.")
-            row = store.get_model_row(session, project, location, parent_id, for_update=True)
-        else:
-            if model_id:
-                store.check_model_id(model_id)
-                if not store.MODEL_ID_RE.match(model_id):
-                    raise InvalidArgument(f"modelId {model_id!r} must not start with a digit or hyphen.")
-                if store.find_model(session, project, location, model_id) is not None:
-                    raise AlreadyExists(
-                        f"Model {store.model_name(project, location, model_id)} already exists: "
-                        "pass parentModel to add a version."
-                    )
-            else:
-                model_id = new_numeric_id(19)
-            row = ModelRow(
-                project=project,
-                location=location,
-                model_id=model_id,
-                display_name=fields.display_name,
-                description=fields.description,
-                labels=fields.labels,
-                next_version=1,
-                create_time=ts,
-                update_time=ts,
-            )
-            session.add(row)
-            session.flush()
-        version_id = str(row.next_version)
-        row.next_version += 1
-        row.update_time = ts
-        snapshot: Path | None = None
+        prep = upload.prepare(
+            self.db, self.artifacts, project, location, body.get("model"), model_id, parent, None
+        )
         try:
-            if fields.artifact_uri:
-                snapshot = self.artifacts.snapshot(
-                    fields.artifact_uri,
-                    project,
-                    location,
-                    row.model_id,
-                    f"v{version_id}-{secrets.token_hex(4)}",
+            with self.db.session() as session:
+                result = upload.commit(session, prep)
+                return self.operations.record(
+                    session, result["model"], response=typed("UploadModelResponse", result)
                 )
-            framework = detect_framework(fields.container_spec, snapshot)
-            version = ModelVersionRow(
-                model_pk=row.pk,
-                version_id=version_id,
-                version_description=fields.version_description,
-                display_name=fields.display_name,
-                description=fields.description,
-                labels=fields.labels,
-                artifact_uri=fields.artifact_uri,
-                snapshot_path=str(snapshot) if snapshot else "",
-                container_spec=fields.container_spec,
-                framework=framework,
-                extra=fields.extra,
-                lineage=lineage or {"kind": "upload"},
-                create_time=ts,
-                update_time=ts,
-            )
-            row.versions.append(version)
-            session.flush()
-            current = store.alias_map(session, row)
-            changes = list(fields.version_aliases)
-            if alias_rules.DEFAULT not in current:
-                changes.append(alias_rules.DEFAULT)
-            store.set_aliases(session, row, alias_rules.merge(current, version_id, changes))
-            session.flush()
         except BaseException:
-            if snapshot is not None:
-                shutil.rmtree(snapshot, ignore_errors=True)
+            prep.discard()
             raise
-        log.info("registered %s@%s (%s)", row.model_id, version_id, framework)
-        return {"model": store.model_name(project, location, row.model_id), "modelVersionId": version_id}
 
     # -- read --------------------------------------------------------------------------------
     def get_model(self, project: str, location: str, ref: str) -> dict[str, Any]:
