@@ -92,7 +92,7 @@ def test_custom_job_via_sdk_sees_the_contract_and_metadata(sdk: Any, srv: Server
         creds, project = google.auth.default()
         print("AUTH", type(creds).__name__, project)
         for k in ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR", "CLOUD_ML_JOB_ID",
-                  "CLOUD_ML_PROJECT_ID", "CLOUD_ML_REGION", "MY_VAR", "STORAGE_EMULATOR_HOST"):
+                  "CLOUD_ML_PROJECT_ID", "CLOUD_ML_REGION", "MY_VAR", "STORAGE_EMULATOR_HOST", "LOOPML_GCS_ROOT"):
             print(k, "=", os.environ.get(k))
         uri = os.environ["AIP_MODEL_DIR"]
         bucket, _, prefix = uri[5:].partition("/")
@@ -114,6 +114,7 @@ def test_custom_job_via_sdk_sees_the_contract_and_metadata(sdk: Any, srv: Server
     assert "AIP_TENSORBOARD_LOG_DIR = gs://staging-bucket/contract/logs/" in text
     assert f"CLOUD_ML_JOB_ID = {job_id}" in text and f"CLOUD_ML_PROJECT_ID = {P}" in text
     assert "MY_VAR = 42" in text
+    assert f"LOOPML_GCS_ROOT = {srv.home / 'buckets'}" in text  # the /gcs/ view
     assert (
         srv.home / "buckets" / "staging-bucket" / "contract" / "model" / "model.txt"
     ).read_text() == "trained"
@@ -263,6 +264,41 @@ def test_rest_errors_are_clear_4xx(srv: ServerProcess) -> None:
     assert r.status_code == 404 and r.json()["error"]["status"] == "NOT_FOUND"
     listed = httpx.get(f"{srv.url}/v1/{PARENT}/customJobs", params={"filter": 'display_name="bad"'}).json()
     assert listed.get("customJobs", []) == []
+
+
+def test_rest_pipeline_with_warehouse_table_gets_data_variables(srv: ServerProcess) -> None:
+    code = (
+        "import os\nfor k in sorted(os.environ):\n    k.startswith('AIP_') and print(k, '=', os.environ[k])"
+    )
+    body = {
+        "displayName": "with-data",
+        "trainingTaskDefinition": "gs://google-cloud-aiplatform/schema/trainingjob/definition/custom_task_1.0.0.yaml",
+        "trainingTaskInputs": {
+            "workerPoolSpecs": [
+                {"replicaCount": "1", "containerSpec": {"imageUri": IMAGE, "command": ["python", "-c", code]}}
+            ],
+            "baseOutputDirectory": {"outputUriPrefix": "gs://staging-bucket/with-data"},
+        },
+        "inputDataConfig": {"warehouseTable": {"training": f"bq://{P}.ds.train", "test": f"{P}.ds.test"}},
+    }
+    created = _post(srv, "trainingPipelines", body)
+    assert created.status_code == 200, created.text
+    name = created.json()["name"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = httpx.get(f"{srv.url}/v1/{name}").json()
+        if got["state"] in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED"):
+            break
+        time.sleep(0.2)
+    assert got["state"] == "PIPELINE_STATE_SUCCEEDED", got
+    text = httpx.get(f"{srv.url}/v1/{name}:logs").text
+    assert "AIP_DATA_FORMAT = bigquery" in text
+    assert f"AIP_TRAINING_DATA_URI = bq://{P}.ds.train" in text
+    assert f"AIP_TEST_DATA_URI = bq://{P}.ds.test" in text
+    assert "AIP_MODEL_DIR = gs://staging-bucket/with-data/model/" in text
+    bad = dict(body, inputDataConfig={"datasetId": "123"})
+    r = _post(srv, "trainingPipelines", bad)
+    assert r.status_code == 400 and "Managed datasets" in r.json()["error"]["message"]
 
 
 def _cli(srv: ServerProcess, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
