@@ -8,6 +8,7 @@ rows, whatever happens to the source meanwhile (BigQuery reads a table snapshot 
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,7 +19,7 @@ import pyarrow.csv as pacsv
 from loopml.artifacts import ArtifactStore
 from loopml.errors import InvalidArgument, NotFound
 from loopml.serving.batch.chunk import JSON_COLUMN
-from loopml.serving.batch.spec import JobSpec
+from loopml.serving.batch.spec import BqRef, JobSpec
 
 
 def expand_uris(store: ArtifactStore, uris: list[str]) -> list[Path]:
@@ -82,3 +83,38 @@ def read_source(spec: JobSpec, store: ArtifactStore, warehouse: Any) -> pa.Table
         return table if isinstance(table, pa.Table) else pa.Table.from_batches(list(table))
     files = expand_uris(store, spec.gcs_uris)
     return read_jsonl(files) if spec.instances_format == "jsonl" else read_csv(files)
+
+
+def _table_sql(warehouse: Any, ref: BqRef) -> str:
+    from loopml.warehouse.warehouse import table_ref
+
+    assert ref.dataset and ref.table
+    ds = warehouse.get_dataset(ref.project, ref.dataset)
+    if not warehouse.table_exists(ds["project"], ds["dataset"], ref.table):
+        raise NotFound(f"Not found: Table {ref.project}:{ref.dataset}.{ref.table}")
+    return f"SELECT * FROM {table_ref(ds['project'], ds['dataset'], ref.table)}"
+
+
+def count_rows(warehouse: Any, ref: BqRef) -> int:
+    sql = _table_sql(warehouse, ref).replace("SELECT *", "SELECT COUNT(*)", 1)
+    row = warehouse.cursor().execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stream_chunks(warehouse: Any, ref: BqRef, chunk_rows: int) -> Iterator[pa.Table]:
+    """The table in insertion order, cut into tables of exactly `chunk_rows` rows (the last may be
+    shorter), read in one DuckDB read transaction (a consistent snapshot for the whole pass)."""
+    reader = warehouse.cursor().sql(_table_sql(warehouse, ref)).to_arrow_reader(min(chunk_rows, 1 << 20))
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in reader:
+        pending.append(batch)
+        size += batch.num_rows
+        while size >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows)
+            rest = table.slice(chunk_rows)
+            pending = rest.to_batches()
+            size = rest.num_rows
+    if size:
+        yield pa.Table.from_batches(pending)

@@ -19,10 +19,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from sqlalchemy import select
 
 from loopml.artifacts import ArtifactStore
@@ -33,9 +34,10 @@ from loopml.metadata.batch_tables import BatchPredictionChunkRow, BatchPredictio
 from loopml.refs import now
 from loopml.serving.batch.chunk import InstanceOptions
 from loopml.serving.batch.containers import start_container_predictor
-from loopml.serving.batch.inputs import read_source
+from loopml.serving.batch.inputs import count_rows, read_source, stream_chunks
 from loopml.serving.batch.outputs import atomic_write
 from loopml.serving.batch.predictors import CACHE, close_predictor
+from loopml.serving.batch.prefetch import prefetch
 from loopml.serving.batch.sink import WarehouseSink, forget_job
 from loopml.serving.batch.spec import parse_job
 from loopml.serving.batch.worker import ChunkOutcome, ChunkTask, ModelInfo, run_chunk
@@ -100,9 +102,10 @@ class BatchRunner:
                     return
                 try:
                     self.run_job(pk)
-                except Exception:
+                except Exception as exc:
                     log.exception("batch job %s crashed the runner; marking it failed", pk)
-                    self._finish(pk, "JOB_STATE_FAILED", {"code": 13, "message": "internal error"})
+                    message = f"Internal error: {type(exc).__name__}: {exc}"
+                    self._finish(pk, "JOB_STATE_FAILED", {"code": 13, "message": message})
             self._wake.wait(timeout=2.0)
 
     # -- one job -----------------------------------------------------------------------------
@@ -160,18 +163,23 @@ class BatchRunner:
         self, pk: int, work_dir: Path, spec_json: dict[str, Any], work: dict[str, Any], model: ModelInfo
     ) -> dict[str, Any]:
         input_path = work_dir / "input.arrow"
-        if work.get("staged") and input_path.exists():
+        if work.get("staged") and (work.get("streamed") or input_path.exists()):
             return work
         spec = parse_job(spec_json)
-        table = read_source(spec, self.store, self.warehouse())
-        atomic_write(input_path, table, fsync=self.settings.batch_fsync)
-        total = table.num_rows
+        streamed = spec.instances_format == "bigquery" and self.settings.batch_worker_mode != "process"
+        if streamed:  # read chunk by chunk while predicting; counted now, re-read on resume
+            assert spec.bq_source is not None
+            total = count_rows(self._need_warehouse(), spec.bq_source)
+        else:
+            table = read_source(spec, self.store, self.warehouse())
+            atomic_write(input_path, table, fsync=self.settings.batch_fsync)
+            total = table.num_rows
         if model.framework in VECTORISED:
             chunk_rows = self.settings.batch_chunk_rows
         else:
             chunk_rows = min(self.settings.batch_chunk_rows, max(spec.batch_size * 16, 1024))
         chunk_rows = max(1, chunk_rows)
-        work = {**work, "staged": True, "chunk_rows": chunk_rows}
+        work = {**work, "staged": True, "streamed": streamed, "chunk_rows": chunk_rows}
         with self.db.session() as s:
             row = s.get(BatchPredictionJobRow, pk)
             assert row is not None
@@ -237,9 +245,9 @@ class BatchRunner:
         )
         kind, out_dir = self._out_dir(work_dir, work)
         chunk_rows = int(work["chunk_rows"])
-        todo = [i for i in range(chunk_count) if i not in done]
-        tasks = [
-            ChunkTask(
+
+        def task(i: int, table: pa.Table | None = None) -> ChunkTask:
+            return ChunkTask(
                 job_id=job_id,
                 job_name=job_name,
                 index=i,
@@ -254,17 +262,40 @@ class BatchRunner:
                 out_dir=str(out_dir),
                 replicas=spec.max_replica_count,
                 fsync=self.settings.batch_fsync,
+                table=table,
             )
-            for i in todo
-        ]
-        if not tasks:
+
+        todo = [i for i in range(chunk_count) if i not in done]
+        if not todo:
             return "done"
-        workers = max(1, min(spec.max_replica_count, os.cpu_count() or 1, len(tasks)))
+        workers = max(1, min(spec.max_replica_count, os.cpu_count() or 1, len(todo)))
+        tasks: Iterator[ChunkTask]
+        if work.get("streamed"):
+            assert spec.bq_source is not None
+            warehouse = self._need_warehouse()
+            if count_rows(warehouse, spec.bq_source) != total:
+                raise JobFailed(
+                    f"The source table {spec.bq_source.uri()} changed while the job was interrupted "
+                    f"(it had {total} rows); run a new job."
+                )
+            streamed = stream_chunks(warehouse, spec.bq_source, chunk_rows)
+            tasks = prefetch((task(i, t) for i, t in enumerate(streamed) if i not in done), depth=workers)
+        else:
+            tasks = iter([task(i) for i in todo])
         pool = self._pool(workers, model)
         try:
             return self._drive(pk, pool, tasks, workers, sink)
         finally:
+            close = getattr(tasks, "close", None)
+            if close is not None:
+                close()  # stops the reader thread of a streamed input
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _need_warehouse(self) -> Any:
+        warehouse = self.warehouse()
+        if warehouse is None:
+            raise JobFailed("The warehouse is not available on this server.")
+        return warehouse
 
     def _pool(self, workers: int, model: ModelInfo) -> cf.Executor:
         if self.settings.batch_worker_mode == "process" and model.framework != "custom-container":
@@ -272,13 +303,19 @@ class BatchRunner:
         return cf.ThreadPoolExecutor(workers, thread_name_prefix="loopml-batch-worker")
 
     def _drive(
-        self, pk: int, pool: cf.Executor, tasks: list[ChunkTask], workers: int, sink: WarehouseSink | None
+        self, pk: int, pool: cf.Executor, tasks: Iterator[ChunkTask], workers: int, sink: WarehouseSink | None
     ) -> str | None:
-        queue = list(reversed(tasks))
         inflight: set[cf.Future[ChunkOutcome]] = set()
-        while queue or inflight:
-            while queue and len(inflight) < workers * 2:
-                inflight.add(pool.submit(run_chunk, queue.pop()))
+        more = True
+        while more or inflight:
+            while more and len(inflight) < workers * 2:
+                next_task = next(tasks, None)
+                if next_task is None:
+                    more = False
+                else:
+                    inflight.add(pool.submit(run_chunk, next_task))
+            if not inflight:
+                break
             finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 out = future.result()

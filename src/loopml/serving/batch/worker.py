@@ -67,6 +67,7 @@ class ChunkTask:
     out_dir: str
     replicas: int = 1
     fsync: bool = True
+    table: pa.Table | None = None  # streamed input (thread workers): the chunk's rows themselves
 
 
 def get_predictor(task: ChunkTask) -> Any:
@@ -99,7 +100,10 @@ def run_chunk(task: ChunkTask) -> ChunkOutcome:
     BigQuery outputs are returned for the runner to append in one transaction with the cursor."""
     began = time.perf_counter()
     predictor = get_predictor(task)
-    source = read_arrow(Path(task.input_path)).slice(task.start, task.length)
+    if task.table is not None:
+        source = task.table
+    else:
+        source = read_arrow(Path(task.input_path)).slice(task.start, task.length)
     prepared = prepare(source, task.opts)
     result = predict_chunk(
         prepared, predictor, task.opts, batch_size=task.batch_size, parameters=task.parameters
