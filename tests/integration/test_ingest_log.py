@@ -279,3 +279,57 @@ def test_inference_subscription_writes_predictions(tmp_path: Path) -> None:
     assert orjson.loads(rows[2]["raw"]) == {"nearest_centroid_id": [1]}
     assert calls == [3]  # retried after two failures, one batch
     wh.close()
+
+
+def test_compaction_deletes_only_what_every_subscription_has_consumed(tmp_path: Path) -> None:
+    async def body() -> None:
+        svc = IngestService(tmp_path / "ingest.db")
+        await svc.start()
+        await svc.create_topic(P, "kept")
+        await svc.create_topic(P, "unsubscribed")
+        await svc.create_subscription(P, "fast", {"topic": f"projects/{P}/topics/kept"})
+        await svc.create_subscription(P, "slow", {"topic": f"projects/{P}/topics/kept"})
+        for batch in range(3):
+            await svc.publish(P, "kept", [msg({"b": batch, "i": i}) for i in range(2)])
+        await svc.publish(P, "unsubscribed", [msg("nobody listens")])
+
+        def segments(topic: str) -> int:
+            return int(
+                svc.log.query("SELECT COUNT(*) FROM segments WHERE topic_id = ?", (svc.topic_id(P, topic),))[
+                    0
+                ][0]
+            )
+
+        fast = await svc.pull(P, "fast", 6, True)
+        await svc.acknowledge(P, "fast", [m["ackId"] for m in fast])
+        slow = await svc.pull(P, "slow", 3, True)  # leases batch 0 and half of batch 1
+        await svc.acknowledge(P, "slow", [slow[0]["ackId"], slow[1]["ackId"], slow[2]["ackId"]])
+        assert await svc.log.run(svc.compact) == 2  # batch 0 of "kept" and the unsubscribed topic's
+        assert segments("kept") == 2 and segments("unsubscribed") == 0
+        rest = await svc.pull(P, "slow", 10, True)
+        assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in rest] == [
+            {"b": 1, "i": 1},
+            {"b": 2, "i": 0},
+            {"b": 2, "i": 1},
+        ]
+        assert await svc.log.run(svc.compact) == 0  # leased, not yet acknowledged
+        await svc.acknowledge(P, "slow", [m["ackId"] for m in rest])
+        assert await svc.log.run(svc.compact) == 2 and segments("kept") == 0
+        (new_id,) = await svc.publish(P, "kept", [msg("after")])
+        assert int(new_id) == 8  # sequence numbers are never reused
+        assert await svc.log.run(svc.compact) == 0  # not yet received by either subscription
+        await svc.delete_subscription(P, "fast")
+        await svc.delete_subscription(P, "slow")
+        assert await svc.log.run(svc.compact) == 1
+        await svc.stop()
+
+    run(body)
+
+    async def reopened() -> None:  # every segment is gone; the sequence still continues
+        svc = IngestService(tmp_path / "ingest.db")
+        await svc.start()
+        (new_id,) = await svc.publish(P, "kept", [msg("after restart")])
+        assert int(new_id) == 9
+        await svc.stop()
+
+    run(reopened)

@@ -52,9 +52,11 @@ CREATE INDEX IF NOT EXISTS segments_topic ON segments (topic_id, first_seq);
 CREATE TABLE IF NOT EXISTS leases (
     sub_id INTEGER NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL, due_us INTEGER NOT NULL,
     PRIMARY KEY (sub_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sub_id INTEGER NOT NULL, seq INTEGER NOT NULL,
-    error TEXT NOT NULL, time_us INTEGER NOT NULL);
+    error TEXT NOT NULL, time_us INTEGER NOT NULL,
+    publish_us INTEGER NOT NULL, data BLOB NOT NULL, attrs TEXT, okey TEXT);
 CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters (sub_id, id);
 """
 
@@ -103,7 +105,10 @@ class MessageLog:
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        row = self._conn.execute("SELECT COALESCE(MAX(first_seq + n), 1) FROM segments").fetchone()
+        row = self._conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(first_seq + n) FROM segments), 1),"
+            " COALESCE((SELECT value FROM meta WHERE key = 'next_seq'), 1))"
+        ).fetchone()
         self._next_seq = int(row[0])
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._local = threading.local()
@@ -112,6 +117,15 @@ class MessageLog:
         self.commits = 0
         self.listeners: list[Callable[[set[int]], None]] = []
         self._touched: set[int] = set()
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next appended message gets (writer thread's view)."""
+        return self._next_seq
+
+    def keep_next_seq(self, conn: sqlite3.Connection) -> None:
+        """Record the next sequence number before deleting segments, so ids are never reused."""
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (self._next_seq,))
 
     # -- writer ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -20,7 +20,7 @@ import orjson
 
 from loopml.errors import AlreadyExists, InvalidArgument, NotFound
 from loopml.ingest import pull
-from loopml.ingest.log import MessageLog, now_us
+from loopml.ingest.log import Message, MessageLog, now_us
 from loopml.ingest.messages import SubState, message_json
 from loopml.ingest.resources import (
     SubscriptionSpec,
@@ -43,6 +43,7 @@ class IngestService:
     default_project: str = "local"
     warehouse: Callable[[], Any] = field(default=lambda: None)
     predict: PredictFn | None = None
+    compact_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.log = MessageLog(self.log_path)
@@ -51,6 +52,7 @@ class IngestService:
         self._events: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
+        self._janitor_task: asyncio.Task[None] | None = None
         for tid, project, name in self.log.query("SELECT topic_id, project, name FROM topics"):
             self.topics[(project, name)] = tid
         for row in self.log.query("SELECT sub_id, project, name, topic_id, topic, config FROM subscriptions"):
@@ -72,9 +74,14 @@ class IngestService:
         self._started = True
         for state in self.subs.values():
             self._spawn(state)
+        self._janitor_task = asyncio.get_running_loop().create_task(self._janitor(), name="ingest-janitor")
 
     async def stop(self) -> None:
         self._started = False
+        if self._janitor_task is not None:
+            self._janitor_task.cancel()
+            await asyncio.gather(self._janitor_task, return_exceptions=True)
+            self._janitor_task = None
         tasks = [s.task for s in self.subs.values() if s.task is not None]
         for task in tasks:
             task.cancel()
@@ -158,6 +165,7 @@ class IngestService:
         tid = self.topic_id(project, name)
 
         def job(conn: sqlite3.Connection) -> None:
+            self.log.keep_next_seq(conn)
             conn.execute("DELETE FROM topics WHERE topic_id = ?", (tid,))
             conn.execute("DELETE FROM segments WHERE topic_id = ?", (tid,))
             conn.execute(
@@ -212,8 +220,8 @@ class IngestService:
             try:
                 cur = conn.execute(
                     "INSERT INTO subscriptions (project, name, topic_id, topic, config, cursor, create_us)"
-                    " VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(first_seq + n), 1) - 1 FROM segments), ?)",
-                    (project, name, tid, spec.resource["topic"], config, now_us()),
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (project, name, tid, spec.resource["topic"], config, self.log.next_seq - 1, now_us()),
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists(f"Resource already exists in the project (resource={name}).") from exc
@@ -351,19 +359,57 @@ class IngestService:
 
     # -- dead letters -----------------------------------------------------------------------------
     def dead_letters(self, project: str, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The subscription's newest dead letters, each with its error and its message."""
         state = self.sub(project, name)
         rows = self.log.query(
-            "SELECT seq, error, time_us FROM dead_letters WHERE sub_id = ? ORDER BY id DESC LIMIT ?",
+            "SELECT seq, error, time_us, publish_us, data, attrs, okey FROM dead_letters"
+            " WHERE sub_id = ? ORDER BY id DESC LIMIT ?",
             (state.sub_id, limit),
         )
-        found = self.log.get_messages([r[0] for r in rows])
-        out = []
-        for seq, error, time_us in rows:
-            item: dict[str, Any] = {"messageId": str(seq), "error": error, "time": _ts(time_us)}
-            if seq in found:
-                item["message"] = message_json(found[seq])
-            out.append(item)
-        return out
+        return [
+            {
+                "messageId": str(seq),
+                "error": error,
+                "time": _ts(time_us),
+                "message": message_json(Message(seq, state.topic_id or 0, publish_us, data, attrs, okey)),
+            }
+            for seq, error, time_us, publish_us, data, attrs, okey in rows
+        ]
+
+    # -- retention --------------------------------------------------------------------------------
+    def compact(self, conn: sqlite3.Connection) -> int:
+        """Writer job: delete segments every subscription of their topic has consumed and acked.
+
+        Messages published to a topic are kept for the subscriptions that existed then (a new
+        subscription starts at the head), so once each of them has moved its cursor past a
+        segment and holds no lease in it, nobody can receive it again. Dead letters keep their
+        own copy of the message. Returns the number of segments deleted.
+        """
+        deleted = 0
+        head = self.log.next_seq - 1
+        self.log.keep_next_seq(conn)
+        for (tid,) in conn.execute("SELECT topic_id FROM topics").fetchall():
+            floor = head
+            for sub_id, cursor in conn.execute(
+                "SELECT sub_id, cursor FROM subscriptions WHERE topic_id = ?", (tid,)
+            ).fetchall():
+                leased = conn.execute("SELECT MIN(seq) FROM leases WHERE sub_id = ?", (sub_id,)).fetchone()[0]
+                floor = min(floor, cursor, (leased - 1) if leased is not None else cursor)
+            cur = conn.execute(
+                "DELETE FROM segments WHERE topic_id = ? AND first_seq + n - 1 <= ?", (tid, floor)
+            )
+            deleted += cur.rowcount
+        return deleted
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.compact_every_s)
+            try:
+                removed = await self.log.run(self.compact)
+                if removed:
+                    log.info("message log: %d consumed segment(s) deleted", removed)
+            except Exception:
+                log.exception("message log compaction failed")
 
 
 def _ts(us: int) -> str | None:

@@ -50,12 +50,13 @@ def backoff(state: SubState, attempt: int) -> float:
     return float(min(state.spec.min_backoff * (2 ** max(attempt - 1, 0)), state.spec.max_backoff))
 
 
-def advance(state: SubState, cursor: int, dead: list[tuple[int, str]]) -> Any:
+def advance(state: SubState, cursor: int, dead: list[tuple[Message, str]]) -> Any:
     def job(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE subscriptions SET cursor = ? WHERE sub_id = ?", (cursor, state.sub_id))
         conn.executemany(
-            "INSERT INTO dead_letters (sub_id, seq, error, time_us) VALUES (?, ?, ?, ?)",
-            [(state.sub_id, seq, err, now_us()) for seq, err in dead],
+            "INSERT INTO dead_letters (sub_id, seq, error, time_us, publish_us, data, attrs, okey)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(state.sub_id, m.seq, err, now_us(), m.publish_us, m.data, m.attrs, m.okey) for m, err in dead],
         )
 
     return job
@@ -147,30 +148,33 @@ class SinkWorker:
             raise RetryLater(f"writing to {table} failed: {getattr(exc, 'message', exc)}") from exc
         return list(errors or [])
 
-    async def write_bq(self, msgs: list[Message]) -> tuple[int, list[tuple[int, str]]]:
-        rows, ids, seqs, dead = [], [], [], []
+    async def write_bq(self, msgs: list[Message]) -> tuple[int, list[tuple[Message, str]]]:
+        rows: list[dict[str, Any]] = []
+        ids: list[str] = []
+        kept: list[Message] = []
+        dead: list[tuple[Message, str]] = []
         for msg in msgs:
             if not matches(self.spec, msg):
                 continue
             try:
                 rows.append(self.bq_row(msg))
             except ValueError as exc:
-                dead.append((msg.seq, str(exc)))
+                dead.append((msg, str(exc)))
                 continue
             ids.append(msg.message_id)
-            seqs.append(msg.seq)
+            kept.append(msg)
         if not rows:
             return 0, dead
         errors = await self.insert(self.spec.table, rows, ids)
         for err in errors:
-            dead.append((seqs[int(err.get("index", 0))], format_insert_error(err)))
+            dead.append((kept[int(err.get("index", 0))], format_insert_error(err)))
         return len(rows) - len(errors), dead
 
     # -- streaming inference ----------------------------------------------------------------------
-    async def write_inference(self, msgs: list[Message]) -> tuple[int, list[tuple[int, str]]]:
+    async def write_inference(self, msgs: list[Message]) -> tuple[int, list[tuple[Message, str]]]:
         inf = self.spec.inference
         assert inf is not None
-        dead: list[tuple[int, str]] = []
+        dead: list[tuple[Message, str]] = []
         items: list[tuple[Message, dict[str, Any], dict[str, Any]]] = []
         for msg in msgs:
             if not matches(self.spec, msg):
@@ -178,33 +182,33 @@ class SinkWorker:
             try:
                 data = orjson.loads(msg.data)
             except orjson.JSONDecodeError as exc:
-                dead.append((msg.seq, f"message data is not valid JSON: {exc}"))
+                dead.append((msg, f"message data is not valid JSON: {exc}"))
                 continue
             if inf.filter is not None and not inf.filter(data if isinstance(data, dict) else {}):
                 continue
             instance = {name: path.get(data) for name, path in inf.instance_fields.items()}
             missing = [f"{n} ({inf.instance_fields[n]})" for n, v in instance.items() if v is None]
             if missing:
-                dead.append((msg.seq, f"instance field(s) missing in the message: {', '.join(missing)}"))
+                dead.append((msg, f"instance field(s) missing in the message: {', '.join(missing)}"))
                 continue
             items.append((msg, data, instance))
         if not items:
             return 0, dead
-        rows, ids, seqs = [], [], []
+        rows, ids, kept = [], [], []
         for start in range(0, len(items), inf.batch_size):
             chunk = items[start : start + inf.batch_size]
             for (msg, data, instance), outcome in zip(chunk, await self.predict(chunk), strict=True):
                 if isinstance(outcome, PredictFailure):
-                    dead.append((msg.seq, outcome.error))
+                    dead.append((msg, outcome.error))
                     continue
                 rows.append(await self.output_row(msg, data, instance, outcome.value))
                 ids.append(msg.message_id)
-                seqs.append(msg.seq)
+                kept.append(msg)
         if not rows:
             return 0, dead
         errors = await self.insert(inf.output_table, rows, ids)
         for err in errors:
-            dead.append((seqs[int(err.get("index", 0))], format_insert_error(err)))
+            dead.append((kept[int(err.get("index", 0))], format_insert_error(err)))
         return len(rows) - len(errors), dead
 
     async def predict(self, chunk: list[tuple[Message, Any, dict[str, Any]]]) -> list[Any]:
