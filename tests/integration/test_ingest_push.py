@@ -130,3 +130,46 @@ def test_persistent_prediction_failures_become_dead_letters(tmp_path: Path) -> N
     assert attempts == [2, 2, 2]
     assert wh.query(f"SELECT COUNT(*) FROM `{P}.sink.scored`", project=P).table.column(0)[0].as_py() == 0
     wh.close()
+
+
+def test_a_bad_instance_is_isolated_and_the_rest_of_the_batch_is_scored(tmp_path: Path) -> None:
+    from loopml.errors import InvalidArgument
+
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    wh.create_dataset(P, "sink")
+    wh.create_table(P, "sink", "scored", [{"name": "x", "type": "FLOAT"}, {"name": "y", "type": "FLOAT"}])
+
+    async def predict(endpoint: str, instances: list[Any]) -> dict[str, Any]:
+        if any(i["x"] < 0 for i in instances):
+            raise InvalidArgument("x must be positive")
+        return {"predictions": [i["x"] * 10 for i in instances]}
+
+    async def body() -> None:
+        svc = IngestService(tmp_path / "ingest.db", warehouse=lambda: wh, predict=predict)
+        await svc.start()
+        await svc.create_topic(P, "scoring")
+        await svc.create_subscription(
+            P,
+            "infer",
+            {
+                "topic": f"projects/{P}/topics/scoring",
+                "loopmlInferenceConfig": {
+                    "endpoint": f"projects/{P}/locations/l1/endpoints/e1",
+                    "instanceFields": {"x": "x"},
+                    "outputTable": f"{P}.sink.scored",
+                    "outputFields": {"y": "prediction"},
+                },
+            },
+        )
+        await svc.publish(P, "scoring", [msg({"x": v}) for v in (1.0, -2.0, 3.0)])
+        sub = svc.sub(P, "infer")
+        await wait_until(lambda: svc.status(sub)["backlog"] == 0)
+        (dead,) = svc.dead_letters(P, "infer")
+        assert "x must be positive" in dead["error"]
+        assert orjson.loads(base64.b64decode(dead["message"]["data"])) == {"x": -2.0}
+        await svc.stop()
+
+    run(body)
+    rows = wh.query(f"SELECT x, y FROM `{P}.sink.scored` ORDER BY x", project=P).table.to_pylist()
+    assert rows == [{"x": 1.0, "y": 10.0}, {"x": 3.0, "y": 30.0}]
+    wh.close()

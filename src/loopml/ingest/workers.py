@@ -231,9 +231,10 @@ class SinkWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                status = getattr(exc, "status", 500)
                 error = f"prediction on {inf.endpoint} failed: {getattr(exc, 'message', exc)}"
-                if 400 <= status < 500 and status != 404 and status != 429:
+                # a 400 INVALID_ARGUMENT blames the instances; anything else (404, 503, a replica
+                # starting, FAILED_PRECONDITION) may pass, so it is retried with backoff
+                if getattr(exc, "status", 500) == 400 and getattr(exc, "code", "") == "INVALID_ARGUMENT":
                     if len(chunk) == 1:
                         return [PredictFailure(error)]
                     return [(await self.predict([one]))[0] for one in chunk]  # isolate the bad instance
