@@ -38,12 +38,19 @@ log = logging.getLogger(__name__)
 Hook = Callable[[TrainingJobRow], None]
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
+def _load_libc() -> Any:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: jobs still die with the server on a clean stop
+        return None
+
+
+_LIBC = _load_libc()  # loaded once in the parent: dlopen after fork is not safe
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def kill_group(pid: int, sig: int) -> None:
