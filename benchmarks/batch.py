@@ -103,26 +103,39 @@ def _batch(model: Any, x: np.ndarray, home: Path, **settings: Any) -> dict[str, 
         db.dispose()
 
 
-def run(quick: bool = False, rows: int | None = None) -> dict[str, Any]:
+def _one(model: Any, x: np.ndarray, mode: str) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix=f"loopml-bench-batch-{mode}-"))
+    try:
+        return _batch(model, x, home, batch_worker_mode=mode)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run(quick: bool = False, rows: int | None = None, repeats: int = 3) -> dict[str, Any]:
+    """In-process and batch measurements alternate (the machine may be shared); ratios are per pair."""
     n = rows or (1_000_000 if quick else 5_000_000)
     model = _model()
     x = np.random.default_rng(1).normal(size=(n, 3))
+    results: dict[str, Any] = {"rows": n, "modes": {}}
+    pairs = []
+    for _ in range(1 if quick else repeats):
+        in_process = _in_process(model, x)
+        r = _one(model, x, "thread")
+        pairs.append({"in_process_rows_per_s": in_process, **r, "ratio": r["rows_per_s"] / in_process})
+    pairs.sort(key=lambda p: p["ratio"])
+    median = pairs[len(pairs) // 2]
+    results["runs"] = pairs
+    results["in_process_rows_per_s"] = median["in_process_rows_per_s"]
+    results["modes"]["thread"] = {k: median[k] for k in ("seconds", "rows_per_s", "ratio")}
     in_process = _in_process(model, x)
-    results: dict[str, Any] = {"rows": n, "in_process_rows_per_s": in_process, "modes": {}}
-    for mode in ("thread", "process"):
-        home = Path(tempfile.mkdtemp(prefix=f"loopml-bench-batch-{mode}-"))
-        try:
-            r = _batch(model, x, home, batch_worker_mode=mode)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-        r["ratio"] = r["rows_per_s"] / in_process
-        results["modes"][mode] = r
-    best = max(results["modes"].values(), key=lambda r: r["rows_per_s"])
+    r = _one(model, x, "process")
+    results["modes"]["process"] = {**r, "ratio": r["rows_per_s"] / in_process}
     results["summary"] = {
         "rows": n,
-        "in_process_rows_per_s": round(in_process),
-        "batch_rows_per_s": round(best["rows_per_s"]),
-        "ratio": round(best["ratio"], 3),
+        "in_process_rows_per_s": round(median["in_process_rows_per_s"]),
+        "batch_rows_per_s": round(median["rows_per_s"]),
+        "ratio": round(median["ratio"], 3),
+        "ratios": [round(p["ratio"], 3) for p in pairs],
     }
     return results
 
@@ -141,6 +154,13 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"| loopml batch job, {mode} workers | {r['seconds']:.3f} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} |"
         )
+    ratios = ", ".join(f"{r:.2f}" for r in data["summary"].get("ratios", []))
+    lines += [
+        "",
+        f"Thread workers: median of alternating in-process/batch pairs (ratios {ratios}); the in-process row "
+        "is that pair's `model.predict`. The batch job reads the table out of DuckDB, predicts, and appends "
+        "the predictions table (input columns + prediction) into DuckDB; the DuckDB append is its bottleneck.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from loopml.artifacts import ArtifactStore
 from loopml.config import Settings
-from loopml.errors import InvalidArgument
+from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 from loopml.metadata import Database
 from loopml.registry.operations import OperationStore
 from loopml.registry.service import RegistryService
@@ -319,3 +319,89 @@ def test_bad_requests_are_400s(env: Env) -> None:
         mutate(body)
         with pytest.raises(InvalidArgument, match=text):
             env.batch.create_job(P, L, body)
+
+
+def test_empty_table_cancel_and_delete(env: Env) -> None:
+    env.warehouse.create_dataset(P, "ds")
+    env.warehouse.write_table_arrow(
+        P,
+        "ds",
+        "empty",
+        pa.table({"a": pa.array([], pa.float64()), "b": pa.array([], pa.float64())}),
+        "create",
+    )
+    env.warehouse.write_table_arrow(
+        P, "ds", "three", pa.table({"a": [1.0] * 30_000, "b": [2.0] * 30_000, "c": [0.5] * 30_000}), "create"
+    )
+    job = env.batch.create_job(
+        P,
+        L,
+        _job(
+            {
+                "inputConfig": {
+                    "instancesFormat": "bigquery",
+                    "bigquerySource": {"inputUri": f"bq://{P}.ds.empty"},
+                }
+            },
+            {
+                "outputConfig": {
+                    "predictionsFormat": "bigquery",
+                    "bigqueryDestination": {"outputUri": f"bq://{P}.ds"},
+                }
+            },
+        ),
+    )
+    done = _wait(env.batch, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED" and done["completionStats"]["successfulCount"] == "0"
+    empty = env.warehouse.read_table_arrow(P, "ds", done["outputInfo"]["bigqueryOutputTable"])
+    assert empty.num_rows == 0 and empty.column_names == ["a", "b", "prediction"]
+
+    env.batch.stop()
+    slow = BatchService(
+        env.db,
+        env.store,
+        Settings(home=env.settings.home, batch_chunk_rows=4096, batch_test_pause_after_chunk_s=0.2),
+        registry=lambda: env.registry,
+        warehouse=lambda: env.warehouse,
+    )
+    job = slow.create_job(
+        P,
+        L,
+        _job(
+            {
+                "inputConfig": {
+                    "instancesFormat": "bigquery",
+                    "bigquerySource": {"inputUri": f"bq://{P}.ds.three"},
+                }
+            },
+            {
+                "outputConfig": {
+                    "predictionsFormat": "bigquery",
+                    "bigqueryDestination": {"outputUri": f"bq://{P}.ds"},
+                }
+            },
+        ),
+    )
+    job_id = job["name"].rsplit("/", 1)[-1]
+    with pytest.raises(FailedPrecondition, match="cancel it"):
+        slow.delete_job(P, L, job_id)
+    slow.start()
+    try:
+        deadline = time.monotonic() + 30
+        while slow.get_job(P, L, job_id)["state"] != "JOB_STATE_RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert slow.cancel_job(P, L, job_id) == {}
+        done = _wait(slow, job["name"])
+    finally:
+        slow.stop()
+    assert done["state"] == "JOB_STATE_CANCELLED"
+    assert int(done["completionStats"]["incompleteCount"]) > 0
+    with pytest.raises(FailedPrecondition, match="already"):
+        slow.cancel_job(P, L, job_id)
+    op = slow.delete_job(P, L, job_id)
+    assert op["done"] is True and op["response"]["@type"].endswith("google.protobuf.Empty")
+    with pytest.raises(NotFound):
+        slow.get_job(P, L, job_id)
+    listed = slow.list_jobs(P, L, filter_text="state=JOB_STATE_SUCCEEDED")
+    assert [j["displayName"] for j in listed["batchPredictionJobs"]] == ["b"]

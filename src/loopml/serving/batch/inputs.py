@@ -107,14 +107,16 @@ def stream_chunks(warehouse: Any, ref: BqRef, chunk_rows: int) -> Iterator[pa.Ta
     reader = warehouse.cursor().sql(_table_sql(warehouse, ref)).to_arrow_reader(min(chunk_rows, 1 << 20))
     pending: list[pa.RecordBatch] = []
     size = 0
+    produced = False
     for batch in reader:
         pending.append(batch)
         size += batch.num_rows
         while size >= chunk_rows:
             table = pa.Table.from_batches(pending)
             yield table.slice(0, chunk_rows)
+            produced = True
             rest = table.slice(chunk_rows)
             pending = rest.to_batches()
             size = rest.num_rows
-    if size:
-        yield pa.Table.from_batches(pending)
+    if size or not produced:  # an empty table is one empty chunk (its schema makes the outputs)
+        yield pa.Table.from_batches(pending, schema=reader.schema)

@@ -135,16 +135,3 @@ def table_outputs(
     )
     errors = base_err.append_column("error", error_col)
     return predictions, errors
-
-
-def concat(tables: list[pa.Table]) -> pa.Table:
-    """Chunk tables in order; prediction columns of different inferred types are unified."""
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        fixed = []
-        for t in tables:
-            i = t.schema.get_field_index("prediction")
-            col = pa.array([orjson.dumps(v).decode() for v in t.column(i).to_pylist()], pa.string())
-            fixed.append(t.set_column(i, "prediction", col))
-        return pa.concat_tables(fixed, promote_options="permissive")

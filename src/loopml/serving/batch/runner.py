@@ -185,7 +185,7 @@ class BatchRunner:
             assert row is not None
             row.work = work
             row.total_count = total
-            row.chunk_count = (total + chunk_rows - 1) // chunk_rows
+            row.chunk_count = max(1, (total + chunk_rows - 1) // chunk_rows)  # empty input: one empty chunk
             row.update_time = now()
         return work
 
@@ -252,7 +252,7 @@ class BatchRunner:
                 job_name=job_name,
                 index=i,
                 start=i * chunk_rows,
-                length=min(chunk_rows, total - i * chunk_rows),
+                length=max(0, min(chunk_rows, total - i * chunk_rows)),
                 input_path=str(work_dir / "input.arrow"),
                 opts=opts,
                 model=model,

@@ -21,6 +21,7 @@ from loopml.metadata.batch_tables import BatchPredictionJobRow
 from loopml.refs import ModelRef, check_parent, new_numeric_id, now, parent_name, rfc3339
 from loopml.serving.batch.inputs import expand_uris
 from loopml.serving.batch.runner import ACTIVE_STATES, BatchRunner
+from loopml.serving.batch.sink import forget_job
 from loopml.serving.batch.spec import parse_job, sanitize_name
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,9 @@ class BatchService:
                     s, name, response={"@type": "type.googleapis.com/google.protobuf.Empty"}
                 )
         shutil.rmtree(self.runner.work_root / job_id, ignore_errors=True)
+        warehouse = self.runner.warehouse()
+        if warehouse is not None:
+            forget_job(warehouse, job_id)  # cursor rows of a cancelled or failed BigQuery-destination job
         return op or {
             "name": f"{name}/operations/0",
             "done": True,
