@@ -214,6 +214,17 @@ def test_lineage_manifest_framework_and_evaluations(stack: Stack) -> None:
     assert model["framework"] == "bqml-kmeans" and model["lineage"] == lineage
     assert model["modelSourceInfo"] == {"sourceType": "BQML"}
     assert "AUTOMATIC_RESOURCES" in model["supportedDeploymentResourcesTypes"]
+    job = f"projects/{P}/locations/{L}/trainingPipelines/7"
+    stack.registry.upload_model(
+        P,
+        L,
+        {"displayName": "tp", "containerSpec": {"imageUri": SKLEARN}},
+        model_id="tp",
+        lineage={"kind": "training_pipeline", "job": job},
+    )
+    trained = stack.registry.get_model(P, L, "tp")
+    assert trained["trainingPipeline"] == job and trained["modelSourceInfo"] == {"sourceType": "CUSTOM"}
+    assert trained["artifactUri"] == "" and stack.registry.resolve_version(P, L, "tp").artifact_dir is None
     ev = stack.evaluations.import_evaluation(
         P, L, "km", {"modelEvaluation": {"displayName": "e", "metrics": {"daviesBouldinIndex": 0.5}}}
     )

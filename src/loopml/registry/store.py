@@ -200,8 +200,11 @@ def version_json(
             "framework": version.framework,
         }
     )
-    if lineage.get("training_pipeline"):
-        body["trainingPipeline"] = lineage["training_pipeline"]
+    pipeline = lineage.get("training_pipeline") or (
+        lineage.get("job") if lineage.get("kind") == "training_pipeline" else None
+    )
+    if pipeline:
+        body["trainingPipeline"] = pipeline
     return body
 
 
