@@ -194,6 +194,9 @@ def send(
                 stats.failed += n
                 if len(stats.errors) < 20:
                     stats.errors.append(f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, httpx.ConnectError) and not stats.acknowledged:
+                    stats.errors.append(f"nothing is listening at {url}; is the server running?")
+                    break
             if on_progress is not None:
                 on_progress(n)
             if rate > 0:
