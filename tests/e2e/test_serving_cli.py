@@ -59,14 +59,12 @@ def test_canary_and_rollback(server: Any) -> None:
     r = _cli(server, "cli-ep", "churn@1=100", "--json")  # instant rollback
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["trafficSplit"] == {dm1: 100, dm2: 0}
-    assert {httpx_post(server.url, ep, row)["deployedModelId"] for _ in range(50)} == {dm1}
+    assert {httpx_post(server.url, ep, row)["deployedModelId"] for _ in range(30)} == {dm1}
 
     r = _cli(server, "cli-ep")
     assert r.returncode == 0 and "churn@2" in r.stdout and "100" in r.stdout
     r = _cli(server, "cli-ep", "churn=60")
     assert r.returncode == 1 and "several deployed versions" in r.stderr
-    r = _cli(server, "cli-ep", "churn@1=60", "churn@2=60")
-    assert r.returncode == 1 and "add up to 120" in r.stderr
 
 
 def httpx_post(url: str, ep: str, rows: list[list[float]]) -> dict[str, Any]:
