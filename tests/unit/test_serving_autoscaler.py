@@ -123,3 +123,32 @@ def test_frames_round_trip() -> None:
     assert decode_request(frame[4:]) == (TYPE_BATCH, [(0, b'{"instances":[]}'), (KIND_RAW, b"")])
     resp = encode_response(TYPE_BATCH, [(200, b"ok"), (400, b"bad")])
     assert decode_response(resp[4:]) == (TYPE_BATCH, [(200, b"ok"), (400, b"bad")])
+
+
+def test_metrics_forget_drops_every_series() -> None:
+    from prometheus_client import generate_latest
+
+    from loopml.serving.metrics import ServingMetrics
+
+    m = ServingMetrics()
+    bound = m.bind("ep", "42")
+    bound.requests.inc()
+    bound.latency.observe(0.001)
+    bound.error(400)
+
+    class _R:
+        state = "ready"
+
+    class _Rt:
+        spec = EndpointSpec("n", "ep", "ep", {})
+        deployed_model_id = "42"
+        queue: list[object] = []
+        replicas = [_R()]
+
+    _Rt.spec = type("S", (), {"endpoint_id": "ep"})()  # type: ignore[assignment]
+    m.refresh([_Rt()])
+    text = generate_latest(m.registry).decode()
+    assert 'loopml_replicas{deployed_model="42",endpoint="ep",state="ready"} 1.0' in text
+    assert 'loopml_predict_errors_total{code="400",deployed_model="42",endpoint="ep"} 1.0' in text
+    m.forget("ep", "42", bound)
+    assert 'deployed_model="42"' not in generate_latest(m.registry).decode()

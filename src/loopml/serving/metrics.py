@@ -6,6 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+REPLICA_STATES = ("ready", "starting", "restarting", "unhealthy", "draining", "dead")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -56,16 +57,25 @@ class ServingMetrics:
         for rt in runtimes:
             key = (rt.spec.endpoint_id, rt.deployed_model_id)
             self.queue_depth.labels(*key).set(len(rt.queue))
-            counts: dict[str, int] = {"ready": 0, "starting": 0, "draining": 0, "dead": 0}
+            counts = dict.fromkeys(REPLICA_STATES, 0)
             for r in rt.replicas:
-                counts[r.state] = counts.get(r.state, 0) + 1
+                if r.state in counts:
+                    counts[r.state] += 1
             for state, n in counts.items():
                 self.replicas.labels(*key, state).set(n)
 
-    def forget(self, endpoint_id: str, deployed_model_id: str) -> None:
-        for metric in (self.requests, self.latency, self.queue_depth, self.target_replicas, self.cpu):
+    def forget(self, endpoint_id: str, deployed_model_id: str, bound: BoundMetrics | None = None) -> None:
+        """Drop an undeployed model's series."""
+        key = (endpoint_id, deployed_model_id)
+        removals: list[tuple[Any, tuple[str, ...]]] = [
+            (m, key) for m in (self.requests, self.latency, self.queue_depth, self.target_replicas, self.cpu)
+        ]
+        removals += [(self.replicas, (*key, state)) for state in REPLICA_STATES]
+        if bound is not None:
+            removals += [(self.errors, (*key, str(code))) for code in bound.error_codes()]
+        for metric, labels in removals:
             try:
-                metric.remove(endpoint_id, deployed_model_id)
+                metric.remove(*labels)
             except KeyError:
                 pass
 
@@ -81,6 +91,9 @@ class BoundMetrics:
         self.requests = metrics.requests.labels(endpoint_id, deployed_model_id)
         self.latency = metrics.latency.labels(endpoint_id, deployed_model_id)
         self._errors: dict[int, Any] = {}
+
+    def error_codes(self) -> list[int]:
+        return list(self._errors)
 
     def error(self, status: int) -> None:
         child = self._errors.get(status)

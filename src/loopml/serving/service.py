@@ -198,7 +198,7 @@ class ServingService(FactoryMixin, ScalingMixin):
                 return
             self.router.rebuild(rt.spec.endpoint_name)
         self._stop_runtime(rt, drain_s=30.0)
-        self.metrics.forget(rt.spec.endpoint_id, deployed_model_id)
+        self.metrics.forget(rt.spec.endpoint_id, deployed_model_id, rt.metrics)
         log.info("undeployed model %s from %s", deployed_model_id, rt.spec.endpoint_name)
 
     def update(self, spec: DeployedModelSpec) -> None:
