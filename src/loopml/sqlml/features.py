@@ -143,12 +143,16 @@ class FeatureEncoder:
                 feat.stats = {"category_count": len(feat.categories), "null_count": col.null_count}
             else:
                 x = _numeric(col, kind)
-                nulls = int(np.isnan(x).sum())
-                if np.isinf(x).any():
-                    raise InvalidQuery(
-                        f"Column {name} contains infinite values; remove them from the training query."
-                    )
-                valid = x[~np.isnan(x)] if nulls else x
+                finite = np.isfinite(x)
+                nulls = 0
+                valid = x
+                if not finite.all():
+                    if np.isinf(x).any():
+                        raise InvalidQuery(
+                            f"Column {name} contains infinite values; remove them from the training query."
+                        )
+                    nulls = int(np.count_nonzero(~finite))
+                    valid = x[finite]
                 if valid.size == 0:
                     raise InvalidQuery(f"Column {name} has only NULL values; it cannot be used as a feature.")
                 mean = float(valid.mean())

@@ -49,6 +49,7 @@ class KMeansParams:
 
 
 CHUNK = 32_768
+SMALL_K = 4  # up to this many centroids, one GEMV per centroid beats a GEMM + argmin
 
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -85,6 +86,8 @@ class _Pass:
         self.pool = pool
         n = self.x.shape[0]
         self.bounds = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+        # C-contiguous chunks, copied once: BLAS then runs on each without per-call copies.
+        self.chunks = [np.ascontiguousarray(self.x[a:b]) for a, b in self.bounds]
 
     def run(self, c: np.ndarray, sums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n, d = self.x.shape
@@ -98,8 +101,8 @@ class _Pass:
 
         def chunk(i: int) -> None:
             a, b = self.bounds[i]
-            xs = self.x[a:b]
-            if k <= 8:
+            xs = self.chunks[i]
+            if k <= SMALL_K:
                 lab = np.zeros(b - a, dtype=np.int64)
                 score = xs @ cc[0]
                 if not self.cosine:
@@ -198,15 +201,22 @@ def _distinct_rows(x: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
-def init_kmeanspp(x: np.ndarray, k: int, distance_type: str, salt: int = 0) -> np.ndarray:
+def init_kmeanspp(
+    x: np.ndarray, k: int, distance_type: str, salt: int = 0, data: _Pass | None = None
+) -> np.ndarray:
     """Greedy k-means++ seeding (2 + ln k candidates per centre, the one cutting the potential most).
 
     Candidates are drawn with probability ∝ D² by an exponential race over value hashes, so the
-    choice does not depend on row order.
+    choice does not depend on row order. `data` is a prepared pass over `x` (reused by callers).
     """
+    data = data if data is not None else _Pass(x, distance_type, None)
+
+    def sq_to(row: int) -> np.ndarray:
+        return data.run(x[row : row + 1], sums=False)[1]
+
     first = int(np.argmin(_row_keys(x, 1000 * salt)))
     centers = [x[first].copy()]
-    _, best = assign(x, np.asarray(centers), distance_type)
+    best = sq_to(first)
     local = 2 + int(np.log(k))
     for i in range(1, k):
         positive = np.nonzero(best > 0)[0]
@@ -215,7 +225,7 @@ def init_kmeanspp(x: np.ndarray, k: int, distance_type: str, salt: int = 0) -> n
         race = -np.log(_row_keys(x[positive], 1000 * salt + i)) / best[positive]
         m = min(local, len(positive))
         candidates = positive[np.argsort(race, kind="stable")[:m]]
-        options = [np.minimum(best, assign(x, x[c : c + 1], distance_type)[1]) for c in candidates]
+        options = [np.minimum(best, sq_to(int(c))) for c in candidates]
         j = int(np.argmin([o.sum() for o in options]))
         centers.append(x[candidates[j]].copy())
         best = options[j]
@@ -271,7 +281,7 @@ def best_start(
     for trial in range(INIT_TRIALS):
         try:
             if method == "KMEANS++" or trial % 2 == 0:
-                init = init_kmeanspp(sample, k, distance_type, trial)
+                init = init_kmeanspp(sample, k, distance_type, trial, data)
             else:
                 init = init_random(sample, k, trial)
         except InvalidQuery:
@@ -373,8 +383,23 @@ def _normalized(data: _Pass, params: KMeansParams) -> tuple[np.ndarray, np.ndarr
 
     def chunk(i: int) -> None:
         a, b = data.bounds[i]
-        xs = data.x[a:b]
+        xs = data.chunks[i]
         xq = None if data.cosine else data.xsq[a:b]  # type: ignore[index]
+        if params.k > SMALL_K:
+            g = xs @ cc.T
+            if data.cosine:
+                g = 1.0 - g
+            else:
+                g *= -2.0
+                g += csq[None, :]
+                g += xq[:, None]  # type: ignore[index]
+            np.maximum(g, 0.0, out=g)
+            np.sqrt(g, out=g)
+            g /= radii[None, :]
+            lab = np.argmin(g, axis=1)
+            which[a:b] = lab
+            out[a:b] = np.take_along_axis(g, lab[:, None], 1)[:, 0]
+            return
         lab = np.zeros(b - a, dtype=np.int64)
         ratio = np.empty(0)
         for j in range(params.k):  # one centroid at a time: no (n, k) temporaries

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from threadpoolctl import threadpool_limits
 
 from loopml.errors import InvalidQuery
 from loopml.sqlml import kmeans, supervised
@@ -102,23 +103,25 @@ def _train_kmeans(table: pa.Table, o: dict[str, Any], warm: SqlModel | None) -> 
             k = default_num_clusters(n)
         if n < k:
             raise InvalidQuery(f"NUM_CLUSTERS is {k} but the training query returned only {n} rows.")
-        init = kmeans.best_start(
+        with threadpool_limits(limits=1, user_api="blas"):  # our own threads; BLAS threads only contend
+            init = kmeans.best_start(
+                x,
+                k,
+                o["KMEANS_INIT_METHOD"],
+                o["DISTANCE_TYPE"],
+                max_iterations=o["MAX_ITERATIONS"],
+                min_rel_progress=o["MIN_REL_PROGRESS"],
+            )
+    with threadpool_limits(limits=1, user_api="blas"):
+        params = kmeans.train(
             x,
             k,
-            o["KMEANS_INIT_METHOD"],
-            o["DISTANCE_TYPE"],
+            init=init,
+            distance_type=o["DISTANCE_TYPE"],
             max_iterations=o["MAX_ITERATIONS"],
+            early_stop=o["EARLY_STOP"],
             min_rel_progress=o["MIN_REL_PROGRESS"],
         )
-    params = kmeans.train(
-        x,
-        k,
-        init=init,
-        distance_type=o["DISTANCE_TYPE"],
-        max_iterations=o["MAX_ITERATIONS"],
-        early_stop=o["EARLY_STOP"],
-        min_rel_progress=o["MIN_REL_PROGRESS"],
-    )
     resolved = dict(o)
     resolved["NUM_CLUSTERS"] = k
     return SqlModel(model_type=opts.KMEANS, options=resolved, encoder=encoder, kmeans=params)
