@@ -236,3 +236,20 @@ def test_lineage_manifest_framework_and_evaluations(stack: Stack) -> None:
         stack.evaluations.get_evaluation(P, L, "km", "123")
     with pytest.raises(InvalidArgument, match="metrics"):
         stack.evaluations.import_evaluation(P, L, "km", {"modelEvaluation": {"metrics": [1]}})
+
+
+def test_concurrent_uploads_get_distinct_versions(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack.upload()
+    uri = stack.model_dir()
+
+    def add(_: int) -> str:
+        body = {"displayName": "churn", "artifactUri": uri, "containerSpec": {"imageUri": SKLEARN}}
+        return str(stack.registry.upload_model(P, L, body, parent_model="m1")["modelVersionId"])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        versions = list(pool.map(add, range(12)))
+    assert sorted(versions, key=int) == [str(v) for v in range(2, 14)]
+    listed = stack.registry.list_versions(P, L, "m1")["models"]
+    assert len({v["artifactUri"] for v in listed}) == 1 and len(listed) == 13

@@ -200,7 +200,7 @@ class RegistryService:
         if version is None:
             raise InvalidArgument("mergeVersionAliases needs a version: models/{model}@{version}.")
         with self.db.session() as session:
-            row = store.get_model_row(session, project, location, model_id, for_update=True)
+            row, _ = store.lock_model(session, project, location, model_id)
             current = store.alias_map(session, row)
             v = store.resolve_version_row(session, row, version, current)
             store.set_aliases(session, row, alias_rules.merge(current, v.version_id, changes))
@@ -216,7 +216,7 @@ class RegistryService:
         paths = update_paths(update_mask, body)
         model_id, version = store.split_ref(ref)
         with self.db.session() as session:
-            row = store.get_model_row(session, project, location, model_id, for_update=True)
+            row, _ = store.lock_model(session, project, location, model_id)
             v = store.resolve_version_row(session, row, version)
             for path in paths:
                 if path == "displayName":
@@ -241,7 +241,7 @@ class RegistryService:
         if version is not None:
             raise InvalidArgument("To delete one version use models/{model}@{version}:deleteVersion.")
         with self.db.session() as session:
-            row = store.get_model_row(session, project, location, model_id, for_update=True)
+            row, _ = store.lock_model(session, project, location, model_id)
             deployed = store.deployments_by_version(session, [v.pk for v in row.versions])
             if any(deployed.values()):
                 where = ", ".join(
@@ -267,7 +267,7 @@ class RegistryService:
         if version is None:
             raise InvalidArgument("deleteVersion needs a version: models/{model}@{version}:deleteVersion.")
         with self.db.session() as session:
-            row = store.get_model_row(session, project, location, model_id, for_update=True)
+            row, _ = store.lock_model(session, project, location, model_id)
             amap = store.alias_map(session, row)
             v = store.resolve_version_row(session, row, version, amap)
             label = f"{store.model_name(project, location, model_id)}@{v.version_id}"

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from loopml.errors import InvalidArgument, NotFound
@@ -19,7 +19,7 @@ from loopml.metadata.tables import (
     ModelVersionRow,
     VersionAliasRow,
 )
-from loopml.refs import MODEL_ID_RE, VERSION_RE, check_parent, parent_name, rfc3339
+from loopml.refs import MODEL_ID_RE, VERSION_RE, check_parent, now, parent_name, rfc3339
 from loopml.registry import aliases as alias_rules
 from loopml.registry.frameworks import supported_deployment_types
 
@@ -77,20 +77,42 @@ def find_model(session: Session, project: str, location: str, model_id: str) -> 
     ).first()
 
 
-def get_model_row(
-    session: Session, project: str, location: str, model_id: str, *, for_update: bool = False
-) -> ModelRow:
+def get_model_row(session: Session, project: str, location: str, model_id: str) -> ModelRow:
     check_parent(project, location)
     check_model_id(model_id)
-    stmt = select(ModelRow).where(
-        ModelRow.project == project, ModelRow.location == location, ModelRow.model_id == model_id
-    )
-    if for_update:
-        stmt = stmt.with_for_update()
-    row = session.scalars(stmt).first()
+    row = find_model(session, project, location, model_id)
     if row is None:
         raise NotFound(f"Model {model_name(project, location, model_id)} not found.")
     return row
+
+
+def lock_model(
+    session: Session, project: str, location: str, model_id: str, *, new_version: bool = False
+) -> tuple[ModelRow, int]:
+    """Lock a model for a change and return it with its `next_version` after this call.
+
+    The first statement of the transaction is an UPDATE of the model row: it takes SQLite's
+    write lock (waiting on the busy timeout) or PostgreSQL's row lock, so concurrent changes of
+    one model are serialised and everything read afterwards is current. With `new_version` it
+    atomically allocates the next version number (returned value − 1).
+    """
+    check_parent(project, location)
+    check_model_id(model_id)
+    values: dict[str, Any] = {"update_time": now()}
+    if new_version:
+        values["next_version"] = ModelRow.next_version + 1
+    found = session.execute(
+        update(ModelRow)
+        .where(ModelRow.project == project, ModelRow.location == location, ModelRow.model_id == model_id)
+        .values(**values)
+        .returning(ModelRow.pk, ModelRow.next_version)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if found is None:
+        raise NotFound(f"Model {model_name(project, location, model_id)} not found.")
+    row = session.get(ModelRow, found[0], populate_existing=True)
+    assert row is not None
+    return row, int(found[1])
 
 
 def alias_map(session: Session, model: ModelRow) -> dict[str, str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from loopml.artifacts import ArtifactStore
@@ -100,10 +101,7 @@ def commit(session: Session, prep: PreparedUpload) -> dict[str, Any]:
     ts = now()
     fields = prep.fields
     if prep.is_new:
-        if store.find_model(session, prep.project, prep.location, prep.model_id) is not None:
-            raise AlreadyExists(
-                f"Model {store.model_name(prep.project, prep.location, prep.model_id)} already exists."
-            )
+        # An INSERT first: a concurrent upload of the same id fails on the unique constraint (409).
         row = ModelRow(
             project=prep.project,
             location=prep.location,
@@ -111,17 +109,24 @@ def commit(session: Session, prep: PreparedUpload) -> dict[str, Any]:
             display_name=fields.display_name,
             description=fields.description,
             labels=fields.labels,
-            next_version=1,
+            next_version=2,
             create_time=ts,
             update_time=ts,
         )
         session.add(row)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:
+            raise AlreadyExists(
+                f"Model {store.model_name(prep.project, prep.location, prep.model_id)} already exists: "
+                "pass parentModel to add a version."
+            ) from None
+        version_id = "1"
     else:
-        row = store.get_model_row(session, prep.project, prep.location, prep.model_id, for_update=True)
-    version_id = str(row.next_version)
-    row.next_version += 1
-    row.update_time = ts
+        row, next_version = store.lock_model(
+            session, prep.project, prep.location, prep.model_id, new_version=True
+        )
+        version_id = str(next_version - 1)
     version = ModelVersionRow(
         model_pk=row.pk,
         version_id=version_id,
