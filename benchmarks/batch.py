@@ -83,6 +83,9 @@ def _batch(model: Any, x: np.ndarray, home: Path, **settings: Any) -> dict[str, 
         "dedicatedResources": {"machineSpec": {"machineType": "n1-standard-4"}, "maxReplicaCount": 10},
     }
     try:
+        t0 = time.perf_counter()  # the storage floor: the same table copied with a constant prediction
+        warehouse.query("CREATE TABLE ds.copy AS SELECT *, 0 AS prediction FROM ds.src", project=P)
+        copy_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         job = batch.create_job(P, L, body)
         from loopml.metadata.batch_tables import BatchPredictionJobRow
@@ -97,7 +100,7 @@ def _batch(model: Any, x: np.ndarray, home: Path, **settings: Any) -> dict[str, 
             P, "ds", done["outputInfo"]["bigqueryOutputTable"], columns=["prediction"]
         )
         assert out.num_rows == len(x)
-        return {"seconds": seconds, "rows_per_s": len(x) / seconds}
+        return {"seconds": seconds, "rows_per_s": len(x) / seconds, "copy_rows_per_s": len(x) / copy_seconds}
     finally:
         warehouse.close()
         db.dispose()
@@ -135,6 +138,7 @@ def run(quick: bool = False, rows: int | None = None, repeats: int = 3) -> dict[
         "in_process_rows_per_s": round(median["in_process_rows_per_s"]),
         "batch_rows_per_s": round(median["rows_per_s"]),
         "ratio": round(median["ratio"], 3),
+        "warehouse_copy_rows_per_s": round(median["copy_rows_per_s"]),
         "ratios": [round(p["ratio"], 3) for p in pairs],
     }
     return results
@@ -155,6 +159,12 @@ def markdown(data: dict[str, Any]) -> str:
             f"| loopml batch job, {mode} workers | {r['seconds']:.3f} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} |"
         )
     ratios = ", ".join(f"{r:.2f}" for r in data["summary"].get("ratios", []))
+    copy = data["summary"].get("warehouse_copy_rows_per_s")
+    if copy:
+        lines.append(
+            f"| warehouse copy `CREATE TABLE … AS SELECT *, 0 AS prediction` (no model) | "
+            f"{data['rows'] / copy:.3f} | {copy:,.0f} | {copy / data['in_process_rows_per_s']:.2f} |"
+        )
     lines += [
         "",
         f"Thread workers: median of alternating in-process/batch pairs (ratios {ratios}); the in-process row "

@@ -395,3 +395,45 @@ def test_custom_container_model_in_batches(server: ServerProcess, tmp_path: Path
     assert max(p["prediction"]["n"] for p in preds) == 8  # batchSize instances per container call
     (error,) = [orjson.loads(line) for line in (local / "errors_0001.jsonl").read_bytes().splitlines()]
     assert error["instance"] == ["x", 1] and "HTTP 400" in error["error"]["message"]
+
+
+def test_table_with_malformed_rows_reports_each_error(server: ServerProcess) -> None:
+    model = _tree()
+    _upload(server, model, "tree-bad")
+    _dataset(server, "bad")
+    _bq(
+        server,
+        "CREATE TABLE bad.src AS SELECT x AS id, CAST(x / 10.0 - 2 AS STRING) AS f0, 1.5 AS f1, -0.5 AS f2 "
+        "FROM UNNEST(GENERATE_ARRAY(0, 39)) AS x",
+    )
+    _bq(server, "UPDATE bad.src SET f0 = 'n/a' WHERE id IN (3, 17)")
+    _bq(server, "UPDATE bad.src SET f0 = NULL WHERE id = 25")
+    job = _create(
+        server,
+        {
+            "inputConfig": {
+                "instancesFormat": "bigquery",
+                "bigquerySource": {"inputUri": f"bq://{P}.bad.src"},
+            },
+            "instanceConfig": {"includedFields": ["f0", "f1", "f2"]},
+            "outputConfig": {
+                "predictionsFormat": "bigquery",
+                "bigqueryDestination": {"outputUri": f"bq://{P}.bad"},
+            },
+        },
+    )
+    done = _wait(server, job["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    assert done["completionStats"] == {"successfulCount": "37", "failedCount": "3", "incompleteCount": "0"}
+    table = done["outputInfo"]["bigqueryOutputTable"]
+    errors = _rows(
+        server,
+        f"SELECT id, error.code AS code, error.message AS message FROM bad.{table.replace('predictions_', 'errors_')}",
+    )
+    by_id = {int(r["id"]): r for r in errors}
+    assert sorted(by_id) == [3, 17, 25] and {r["code"] for r in errors} == {"3"}
+    assert "'n/a' is not a number" in by_id[3]["message"] and "null" in by_id[25]["message"]
+    preds = _rows(server, f"SELECT id, f0, prediction FROM bad.{table} ORDER BY id")
+    assert len(preds) == 37
+    x = np.array([[float(r["f0"]), 1.5, -0.5] for r in preds])
+    assert [int(r["prediction"]) for r in preds] == model.predict(x).tolist()

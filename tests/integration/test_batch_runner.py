@@ -405,3 +405,42 @@ def test_empty_table_cancel_and_delete(env: Env) -> None:
         slow.get_job(P, L, job_id)
     listed = slow.list_jobs(P, L, filter_text="state=JOB_STATE_SUCCEEDED")
     assert [j["displayName"] for j in listed["batchPredictionJobs"]] == ["b"]
+
+
+def test_xgboost_booster_model(env: Env) -> None:
+    import xgboost
+
+    x = _features(3000, seed=7)
+    y = (x[:, 0] - x[:, 2] > 0).astype(int)
+    booster = xgboost.train(
+        {"objective": "binary:logistic", "max_depth": 3, "nthread": 1}, xgboost.DMatrix(x, label=y), 10
+    )
+    model_dir = env.store.resolve("gs://models/xgb")
+    model_dir.mkdir(parents=True)
+    booster.save_model(str(model_dir / "model.json"))
+    image = "us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest"
+    env.registry.upload_model(
+        P,
+        L,
+        {"displayName": "xgb", "artifactUri": "gs://models/xgb", "containerSpec": {"imageUri": image}},
+        model_id="xgb",
+    )
+    env.warehouse.create_dataset(P, "xg")
+    env.warehouse.write_table_arrow(
+        P, "xg", "src", pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}), "create"
+    )
+    body = _job(
+        {"inputConfig": {"instancesFormat": "bigquery", "bigquerySource": {"inputUri": f"bq://{P}.xg.src"}}},
+        {
+            "outputConfig": {
+                "predictionsFormat": "bigquery",
+                "bigqueryDestination": {"outputUri": f"bq://{P}.xg"},
+            }
+        },
+    )
+    body["model"] = f"projects/{P}/locations/{L}/models/xgb@1"
+    done = _wait(env.batch, env.batch.create_job(P, L, body)["name"])
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    out = env.warehouse.read_table_arrow(P, "xg", done["outputInfo"]["bigqueryOutputTable"]).to_pandas()
+    expected = booster.predict(xgboost.DMatrix(out[["a", "b", "c"]].to_numpy()))
+    assert np.allclose(out["prediction"].to_numpy(), expected, rtol=1e-6)
