@@ -82,6 +82,12 @@ def test_workshop_bqml_through_google_clients(bq: bigquery.Client, purchases: li
     assert 0.1 < anomalies / len(purchases) < 0.25  # ~16 % of purchases, as in the workshop
     job = bq.query(CREATE)
     assert list(job.result()) == []
+    assert job.statement_type == "CREATE_MODEL" and job.ddl_operation_performed == "CREATE"
+    assert job._properties["statistics"]["query"]["ddlTargetTable"] == {
+        "projectId": P,
+        "datasetId": "ecommerce_sink",
+        "tableId": "anomaly_detection",
+    }
 
     predicted = list(
         bq.query(

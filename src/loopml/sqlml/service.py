@@ -47,6 +47,11 @@ FUNCTIONS = (
 _NO_INPUT = ("ML.CENTROIDS", "ML.TRAINING_INFO", "ML.FEATURE_INFO")
 
 
+def _target(path: ModelPath) -> tuple[str, str, str]:
+    """The job's `ddlTargetTable` (BigQuery reports a model there; GCPC's create-model op reads it)."""
+    return (path.project, path.dataset, path.model)
+
+
 class SqlMLService:
     def __init__(self, warehouse: Any, artifacts: ArtifactStore, registry: Any | None = None) -> None:
         self.warehouse = warehouse
@@ -91,7 +96,7 @@ class SqlMLService:
         existing = self.catalog.find(path)
         if existing is not None and not stmt.replace:
             if stmt.if_not_exists:
-                return QueryResult.empty("CREATE_MODEL", ddl_operation="SKIP")
+                return QueryResult.empty("CREATE_MODEL", ddl_operation="SKIP", destination=_target(path))
             raise AlreadyExists(f"Already Exists: Model {path.project}:{path.dataset}.{path.model}")
         if o["MODEL_REGISTRY"] and self.registrar is None:
             raise InvalidQuery(
@@ -160,7 +165,11 @@ class SqlMLService:
         if old_link and self.registrar is not None and old_link != entry.registry:
             self.registrar.remove_quietly(old_link)
         log.info("created model %s (%s)", path.full, o["MODEL_TYPE"])
-        return QueryResult.empty("CREATE_MODEL", ddl_operation="REPLACE" if current is not None else "CREATE")
+        return QueryResult.empty(
+            "CREATE_MODEL",
+            ddl_operation="REPLACE" if current is not None else "CREATE",
+            destination=_target(path),
+        )
 
     def _training_tables(self, query: str, ctx: QueryContext) -> list[str]:
         try:
@@ -188,13 +197,13 @@ class SqlMLService:
             entry = self.catalog.find(path)
             if entry is None:
                 if if_exists:
-                    return QueryResult.empty("DROP_MODEL", ddl_operation="SKIP")
+                    return QueryResult.empty("DROP_MODEL", ddl_operation="SKIP", destination=_target(path))
                 raise NotFound(f"Not found: Model {path.project}:{path.dataset}.{path.model}")
             if entry.registry and self.registrar is not None:
                 self.registrar.remove(entry.registry)  # refused (400) while deployed; nothing changes
             self.catalog.delete(entry)
         log.info("dropped model %s", path.full)
-        return QueryResult.empty("DROP_MODEL", ddl_operation="DROP")
+        return QueryResult.empty("DROP_MODEL", ddl_operation="DROP", destination=_target(path))
 
     def export_model(self, path: ModelPath, options: dict[str, Any]) -> QueryResult:
         unknown = sorted(set(options) - {"URI"})
