@@ -384,3 +384,29 @@ def test_supervised_models(stack: Stack) -> None:
         stack.q(
             "CREATE MODEL ecommerce_sink.bad OPTIONS(MODEL_TYPE='LINEAR_REG') AS SELECT x FROM ecommerce_sink.train"
         )
+
+
+def test_bigquery_model_resources(stack: Stack) -> None:
+    from google.cloud import bigquery
+
+    load_events(stack, 400)
+    stack.q(CREATE)
+    resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    model = bigquery.Model.from_api_repr(resource)
+    assert model.reference.path == f"/projects/{P}/datasets/ecommerce_sink/models/anomaly_detection"
+    assert model.model_type == "KMEANS" and model.location == "europe-west1" and model.created is not None
+    assert [c.name for c in model.feature_columns] == ["tax", "shipping", "value"]
+    assert [c.name for c in model.label_columns] == ["CENTROID_ID", "NEAREST_CENTROIDS_DISTANCE"]
+    run = model.training_runs[0]
+    assert run["trainingOptions"]["numClusters"] == 2 and run["vertexAiModelId"] == "anomaly_detection"
+    clusters = run["evaluationMetrics"]["clusteringMetrics"]["clusters"]
+    assert clusters[0]["centroidId"] == "1" and clusters[0]["featureValues"][2]["numericalValue"] > 1000
+    assert [
+        m["modelReference"]["modelId"] for m in stack.sqlml.list_model_resources(P, "ecommerce_sink")
+    ] == ["anomaly_detection"]
+    with pytest.raises(NotFound):
+        stack.sqlml.get_model_resource(P, "ecommerce_sink", "nope")
+    with pytest.raises(NotFound):
+        stack.sqlml.list_model_resources(P, "no_dataset")
+    stack.sqlml.delete_model(P, "ecommerce_sink", "anomaly_detection")
+    assert stack.sqlml.list_model_resources(P, "ecommerce_sink") == [] and stack.versions() == []

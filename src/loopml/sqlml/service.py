@@ -24,12 +24,14 @@ from loopml.sqlml import options as opts
 from loopml.sqlml.catalog import Catalog, Entry
 from loopml.sqlml.model import SqlModel
 from loopml.sqlml.registration import Registrar, vertex_location
+from loopml.sqlml.resources import model_resource
 from loopml.sqlml.statements import (
     CreateModel,
     ModelPath,
     parse_create_model,
     parse_drop_model,
     parse_export_model,
+    resolve_path,
     statement_kind,
 )
 from loopml.warehouse.types import QueryContext, QueryResult, TableFunctionArgs
@@ -225,10 +227,29 @@ class SqlMLService:
         log.info("exported model %s to %s", path.full, uri)
         return QueryResult.empty("EXPORT_MODEL")
 
-    # -- Python API ------------------------------------------------------------------------
+    # -- Python API and BigQuery `models` resources -----------------------------------------
     def get_model(self, path: ModelPath) -> tuple[Entry, SqlModel]:
         entry = self.catalog.get(path)
         return entry, self.catalog.load(entry)
+
+    def list_model_resources(self, project: str, dataset: str) -> list[dict[str, Any]]:
+        """`GET /bigquery/v2/projects/p/datasets/d/models` items (404 for a missing dataset)."""
+        location = self.warehouse.get_dataset(project, dataset).get("location") or "US"
+        resolve_path([project, dataset, "m"], project, None)  # validates the names
+        return [
+            model_resource(e, self.catalog.load(e), location) for e in self.catalog.list(project, dataset)
+        ]
+
+    def get_model_resource(self, project: str, dataset: str, model: str) -> dict[str, Any]:
+        """`GET /bigquery/v2/projects/p/datasets/d/models/m` (404 when there is no such model)."""
+        path = resolve_path([project, dataset, model], project, None)
+        location = self.warehouse.get_dataset(project, dataset).get("location") or "US"
+        entry, loaded = self.get_model(path)
+        return model_resource(entry, loaded, location)
+
+    def delete_model(self, project: str, dataset: str, model: str) -> None:
+        """`DELETE /bigquery/v2/projects/p/datasets/d/models/m`: DROP MODEL (404 when missing)."""
+        self.drop_model(resolve_path([project, dataset, model], project, None))
 
     # -- table functions -------------------------------------------------------------------
     def _table_function(self, name: str) -> Any:
