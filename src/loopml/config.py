@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     autoscale_cycle_s: float = 15.0
     autoscale_window_s: float = 300.0
     replica_start_timeout_s: float = 120.0
+    serving_max_batch: int = 64
+    """Most requests coalesced into one call of a built-in model server (1 = no micro-batching)."""
+    serving_pipeline_depth: int = 2
+    """Batches in flight per built-in replica connection."""
     job_kill_grace_s: float = 5.0
     """Seconds between SIGTERM and SIGKILL when a training job is cancelled or times out."""
 

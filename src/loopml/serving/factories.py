@@ -84,7 +84,16 @@ class FactoryMixin:
             "log_level": self.settings.log_level,
         }
         sock_dir = self._socket_dir()
-        return lambda rid, log_path: ProcessReplica(rid, log_path, timeout, sock_dir / f"{rid}.sock", config)
+        max_batch = max(1, int(self.settings.serving_max_batch))
+        depth = max(1, int(self.settings.serving_pipeline_depth))
+
+        def make(rid: str, log_path: Path) -> ProcessReplica:
+            replica = ProcessReplica(rid, log_path, timeout, sock_dir / f"{rid}.sock", config)
+            replica.max_batch = max_batch
+            replica.depth = depth
+            return replica
+
+        return make
 
     def _container_factory(self, spec: DeployedModelSpec, timeout: float) -> Any:
         cs = spec.container_spec or {}
