@@ -11,6 +11,7 @@ from loopml.errors import InvalidArgument, InvalidQuery
 from loopml.sqlml import kmeans, supervised
 from loopml.sqlml import options as opts
 from loopml.sqlml.features import CATEGORICAL
+from loopml.sqlml.kmeans_pass import assign
 from loopml.sqlml.model import SqlModel
 
 NEAREST_TYPE = pa.list_(pa.struct([("CENTROID_ID", pa.int64()), ("DISTANCE", pa.float64())]))
@@ -143,7 +144,7 @@ def evaluate(model: SqlModel, table: pa.Table | None, settings: dict[str, Any]) 
             x = model.encoder.transform(table)
             if x.shape[0] == 0:
                 raise InvalidQuery("ML.EVALUATE got no input rows.")
-            labels, best = kmeans.assign(x, params.centroids, params.distance_type)
+            labels, best = assign(x, params.centroids, params.distance_type)
             k = params.k
             sizes = np.bincount(labels, minlength=k)
             scatter = np.divide(

@@ -5,8 +5,10 @@ Lloyd iterations in numpy: distances through BLAS (`X @ C.T`), centroid sums thr
 MAX_ITERATIONS, or (EARLY_STOP) after the first iteration whose relative loss improvement is below
 MIN_REL_PROGRESS. The loss is the mean squared distance of the points to their nearest centroid.
 
-Determinism: initial centroids are picked with a fixed seed by a hash of the row *values*, so
-the same training data gives the same model whatever order the rows arrive in. After training,
+Determinism: every random choice uses a fixed seed (initial rows are picked by seeded hashes of
+the row values), so the same rows give the same model; up to INIT_SAMPLE rows the order they
+arrive in does not matter either (above that, the initialisation sample is every n-th row, and
+the warehouse returns a table's rows in insertion order). After training,
 centroids are numbered by ascending cluster size (ties by centroid coordinates): CENTROID_ID 1 is
 the smallest cluster. Empty clusters are re-seeded with the point farthest from its centroid.
 """
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from loopml.errors import InvalidQuery
+from loopml.sqlml.kmeans_pass import CHUNK, Pass, min_ratio, normalize_rows, squared_distances
 
 SEED = 20240601
 RADIUS_FLOOR = 1e-9
@@ -46,117 +49,6 @@ class KMeansParams:
     @property
     def k(self) -> int:
         return int(self.centroids.shape[0])
-
-
-CHUNK = 32_768
-SMALL_K = 4  # up to this many centroids, one GEMV per centroid beats a GEMM + argmin
-
-
-def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0] = 1.0
-    return x / norms[:, None]
-
-
-def squared_distances(x: np.ndarray, c: np.ndarray, distance_type: str) -> np.ndarray:
-    """(n, k) squared distances: ‖x − c‖² or, for COSINE, 1 − cos(x, c)."""
-    if distance_type == "COSINE":
-        sim = _normalize_rows(x) @ _normalize_rows(c).T
-        return np.clip(1.0 - sim, 0.0, 2.0)
-    g = x @ c.T
-    g *= -2.0
-    g += np.einsum("ij,ij->i", c, c)[None, :]
-    g += np.einsum("ij,ij->i", x, x)[:, None]
-    np.maximum(g, 0.0, out=g)
-    return g
-
-
-class _Pass:
-    """One pass over the data: nearest centroid, squared distance, and per-cluster sums.
-
-    Rows are processed in cache-sized chunks on a small thread pool (numpy and BLAS release
-    the GIL). For COSINE the rows are normalised once and the centroids on every pass, so the
-    same kernel maximises cosine similarity; the squared distance is then 1 − cos.
-    """
-
-    def __init__(self, x: np.ndarray, distance_type: str, pool: ThreadPoolExecutor | None) -> None:
-        self.cosine = distance_type == "COSINE"
-        self.x = _normalize_rows(x) if self.cosine else x
-        self.xsq = None if self.cosine else np.einsum("ij,ij->i", self.x, self.x)
-        self.pool = pool
-        n = self.x.shape[0]
-        self.bounds = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
-        # C-contiguous chunks, copied once: BLAS then runs on each without per-call copies.
-        self.chunks = [np.ascontiguousarray(self.x[a:b]) for a, b in self.bounds]
-
-    def run(self, c: np.ndarray, sums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        n, d = self.x.shape
-        k = c.shape[0]
-        labels = np.empty(n, dtype=np.int64)
-        best = np.empty(n, dtype=np.float64)
-        cc = _normalize_rows(c) if self.cosine else c
-        csq = np.einsum("ij,ij->i", cc, cc)
-        parts_sum = np.zeros((len(self.bounds), k, d)) if sums else None
-        parts_cnt = np.zeros((len(self.bounds), k)) if sums else None
-
-        def chunk(i: int) -> None:
-            a, b = self.bounds[i]
-            xs = self.chunks[i]
-            if k <= SMALL_K:
-                lab = np.zeros(b - a, dtype=np.int64)
-                score = xs @ cc[0]
-                if not self.cosine:
-                    score *= -2.0
-                    score += csq[0]
-                for j in range(1, k):
-                    dj = xs @ cc[j]
-                    if self.cosine:
-                        better = dj > score
-                        np.maximum(score, dj, out=score)
-                    else:
-                        dj *= -2.0
-                        dj += csq[j]
-                        better = dj < score
-                        np.minimum(score, dj, out=score)
-                    lab[better] = j
-            else:
-                g = xs @ cc.T
-                if self.cosine:
-                    lab = np.argmax(g, axis=1)
-                else:
-                    g *= -2.0
-                    g += csq[None, :]
-                    lab = np.argmin(g, axis=1)
-                score = np.take_along_axis(g, lab[:, None], 1)[:, 0]
-            if self.cosine:
-                dist = 1.0 - score
-                np.clip(dist, 0.0, 2.0, out=dist)
-            else:
-                assert self.xsq is not None
-                dist = score
-                dist += self.xsq[a:b]
-                np.maximum(dist, 0.0, out=dist)
-            labels[a:b] = lab
-            best[a:b] = dist
-            if parts_sum is not None and parts_cnt is not None:
-                parts_cnt[i] = np.bincount(lab, minlength=k)
-                for j in range(d):
-                    parts_sum[i, :, j] = np.bincount(lab, weights=xs[:, j], minlength=k)
-
-        if self.pool is not None and len(self.bounds) > 1:
-            list(self.pool.map(chunk, range(len(self.bounds))))
-        else:
-            for i in range(len(self.bounds)):
-                chunk(i)
-        total = parts_sum.sum(axis=0) if parts_sum is not None else np.zeros((k, d))
-        counts = parts_cnt.sum(axis=0) if parts_cnt is not None else np.zeros(k)
-        return labels, best, total, counts
-
-
-def assign(x: np.ndarray, c: np.ndarray, distance_type: str) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (0-based) and squared distance to it, for every row."""
-    labels, best, _, _ = _Pass(x, distance_type, None).run(c, sums=False)
-    return labels, best
 
 
 def _row_keys(x: np.ndarray, salt: int) -> np.ndarray:
@@ -202,14 +94,14 @@ def _distinct_rows(x: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
 
 
 def init_kmeanspp(
-    x: np.ndarray, k: int, distance_type: str, salt: int = 0, data: _Pass | None = None
+    x: np.ndarray, k: int, distance_type: str, salt: int = 0, data: Pass | None = None
 ) -> np.ndarray:
     """Greedy k-means++ seeding (2 + ln k candidates per centre, the one cutting the potential most).
 
     Candidates are drawn with probability ∝ D² by an exponential race over value hashes, so the
     choice does not depend on row order. `data` is a prepared pass over `x` (reused by callers).
     """
-    data = data if data is not None else _Pass(x, distance_type, None)
+    data = data if data is not None else Pass(x, distance_type, None)
 
     def sq_to(row: int) -> np.ndarray:
         return data.run(x[row : row + 1], sums=False)[1]
@@ -233,12 +125,12 @@ def init_kmeanspp(
 
 
 def _lloyd(
-    data: _Pass, c: np.ndarray, max_iterations: int, early_stop: bool, min_rel_progress: float
+    data: Pass, c: np.ndarray, max_iterations: int, early_stop: bool, min_rel_progress: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], float]:
     """Lloyd iterations from centroids `c`; returns centroids, labels, squared distances, log, loss."""
     c = np.array(c, dtype=np.float64, copy=True)
     if data.cosine:
-        c = _normalize_rows(c)
+        c = normalize_rows(c)
     labels, best, sums, counts = data.run(c)
     loss = float(best.mean())
     iterations: list[dict[str, Any]] = []
@@ -275,7 +167,7 @@ def best_start(
     """
     n = x.shape[0]
     sample = x[:: -(-n // INIT_SAMPLE)] if n > INIT_SAMPLE else x
-    data = _Pass(sample, distance_type, None)
+    data = Pass(sample, distance_type, None)
     best_c: np.ndarray | None = None
     best_loss = np.inf
     for trial in range(INIT_TRIALS):
@@ -309,7 +201,7 @@ def train(
         raise InvalidQuery(f"NUM_CLUSTERS is {k} but the training data has only {n} rows.")
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) if n > 2 * CHUNK else nullcontext() as pool:
-        data = _Pass(x, distance_type, pool)
+        data = Pass(x, distance_type, pool)
         c, labels, best, iterations, _ = _lloyd(data, init, max_iterations, early_stop, min_rel_progress)
         params = _finish(data, c, labels, best, distance_type)
     params.iterations = iterations
@@ -317,7 +209,7 @@ def train(
 
 
 def _finish(
-    data: _Pass, c: np.ndarray, labels: np.ndarray, best: np.ndarray, distance_type: str
+    data: Pass, c: np.ndarray, labels: np.ndarray, best: np.ndarray, distance_type: str
 ) -> KMeansParams:
     k = c.shape[0]
     sizes = np.bincount(labels, minlength=k)
@@ -370,63 +262,11 @@ def distances(x: np.ndarray, params: KMeansParams) -> np.ndarray:
 
 def normalized_distance(x: np.ndarray, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
     """min over centroids of distance / cluster radius, and the (0-based) centroid attaining it."""
-    return _normalized(_Pass(x, params.distance_type, None), params)
+    return _normalized(Pass(x, params.distance_type, None), params)
 
 
-def _normalized(data: _Pass, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
-    n = data.x.shape[0]
-    radii = np.maximum(params.radii, RADIUS_FLOOR)
-    cc = _normalize_rows(params.centroids) if data.cosine else params.centroids
-    csq = np.einsum("ij,ij->i", cc, cc)
-    out = np.empty(n)
-    which = np.empty(n, dtype=np.int64)
-
-    def chunk(i: int) -> None:
-        a, b = data.bounds[i]
-        xs = data.chunks[i]
-        xq = None if data.cosine else data.xsq[a:b]  # type: ignore[index]
-        if params.k > SMALL_K:
-            g = xs @ cc.T
-            if data.cosine:
-                g = 1.0 - g
-            else:
-                g *= -2.0
-                g += csq[None, :]
-                g += xq[:, None]  # type: ignore[index]
-            np.maximum(g, 0.0, out=g)
-            np.sqrt(g, out=g)
-            g /= radii[None, :]
-            lab = np.argmin(g, axis=1)
-            which[a:b] = lab
-            out[a:b] = np.take_along_axis(g, lab[:, None], 1)[:, 0]
-            return
-        lab = np.zeros(b - a, dtype=np.int64)
-        ratio = np.empty(0)
-        for j in range(params.k):  # one centroid at a time: no (n, k) temporaries
-            dj = xs @ cc[j]
-            if data.cosine:
-                dj = 1.0 - dj
-            else:
-                dj *= -2.0
-                dj += csq[j]
-                dj += xq
-            np.maximum(dj, 0.0, out=dj)
-            np.sqrt(dj, out=dj)
-            dj /= radii[j]
-            if j == 0:
-                ratio = dj
-            else:
-                lab[dj < ratio] = j
-                np.minimum(ratio, dj, out=ratio)
-        which[a:b] = lab
-        out[a:b] = ratio
-
-    if data.pool is not None and len(data.bounds) > 1:
-        list(data.pool.map(chunk, range(len(data.bounds))))
-    else:
-        for i in range(len(data.bounds)):
-            chunk(i)
-    return out, which
+def _normalized(data: Pass, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
+    return min_ratio(data, params.centroids, np.maximum(params.radii, RADIUS_FLOOR))
 
 
 def threshold(params: KMeansParams, contamination: float) -> float:
