@@ -1,0 +1,79 @@
+"""The replica-side batch handler: per-request validation, one predict call per batch, split back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from sklearn.tree import DecisionTreeClassifier
+
+from loopml.serving.handler import BatchHandler
+from loopml.serving.loaders import SklearnPredictor
+from loopml.serving.protocol import KIND_EXPLAIN, KIND_PREDICT, KIND_RAW
+
+META = {
+    "deployedModelId": "9",
+    "model": "projects/p/locations/l/models/m",
+    "modelVersionId": "2",
+    "modelDisplayName": "m",
+}
+
+
+class Counting(SklearnPredictor):
+    calls = 0
+
+    def predict(self, instances: list[Any], parameters: dict[str, Any] | None = None) -> list[Any]:
+        Counting.calls += 1
+        return super().predict(instances, parameters)
+
+
+def _handler() -> tuple[BatchHandler, DecisionTreeClassifier, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3))
+    model = DecisionTreeClassifier(max_depth=3).fit(x, (x[:, 0] > 0).astype(int))
+    return BatchHandler(Counting(model), META), model, x
+
+
+def test_batch_is_one_predict_call_and_errors_stay_per_request() -> None:
+    handler, model, x = _handler()
+    Counting.calls = 0
+    good = [orjson.dumps({"instances": x[i : i + 2].tolist()}) for i in range(0, 6, 2)]
+    bad = orjson.dumps({"instances": [[1.0, 2.0, 3.0], [1.0]]})
+    out = handler.handle(
+        [(KIND_PREDICT, good[0]), (KIND_PREDICT, bad), (KIND_RAW, good[1]), (KIND_PREDICT, good[2])]
+    )
+    assert Counting.calls == 1
+    assert [status for status, _ in out] == [200, 400, 200, 200]
+    first = orjson.loads(out[0][1])
+    assert first == {"predictions": model.predict(x[0:2]).tolist(), **META}
+    assert orjson.loads(out[2][1]) == {
+        "predictions": model.predict(x[2:4]).tolist()
+    }  # raw: the server's body
+    assert orjson.loads(out[1][1])["error"]["message"] == "instance 1 has 1 features, the model expects 3."
+
+
+def test_bad_values_fall_back_to_per_request_calls() -> None:
+    handler, model, x = _handler()
+    items = [
+        (KIND_PREDICT, orjson.dumps({"instances": x[:1].tolist()})),
+        (KIND_PREDICT, orjson.dumps({"instances": [["a", "b", "c"]]})),
+    ]
+    out = handler.handle(items)
+    assert out[0][0] == 200 and orjson.loads(out[0][1])["predictions"] == model.predict(x[:1]).tolist()
+    assert out[1][0] == 400 and "Prediction failed" in orjson.loads(out[1][1])["error"]["message"]
+
+
+def test_malformed_bodies_and_explain() -> None:
+    handler, _, _ = _handler()
+    out = handler.handle(
+        [
+            (KIND_PREDICT, b"{"),
+            (KIND_PREDICT, b'{"instances": 3}'),
+            (KIND_PREDICT, b"[]"),
+            (KIND_EXPLAIN, b'{"instances": [[1, 2, 3]]}'),
+        ]
+    )
+    assert [s for s, _ in out] == [400, 400, 400, 400]
+    assert orjson.loads(out[3][1])["error"]["status"] == "FAILED_PRECONDITION"
+    assert orjson.loads(out[0][1])["error"]["message"].startswith("Malformed JSON")
