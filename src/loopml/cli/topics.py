@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopml.errors import LoopmlError, ServerUnreachable, from_json
+from loopml.cli._common import cli_errors
 
 topics_app = typer.Typer(
     help="Pub/Sub topics: create, list, describe, delete, publish.", no_args_is_help=True
@@ -21,7 +20,6 @@ subs_app = typer.Typer(
     help="Pub/Sub subscriptions (pull, push, BigQuery, streaming inference).", no_args_is_help=True
 )
 console = Console()
-err = Console(stderr=True)
 
 _PROJECT = typer.Option(
     None, "--project", envvar="LOOPML_PROJECT", help="Project (default: LOOPML_DEFAULT_PROJECT)."
@@ -35,36 +33,25 @@ def register(app: typer.Typer) -> None:
 
 
 class Api:
+    """Pub/Sub routes of the server at `LOOPML_URL`, through the loopml client's transport."""
+
     def __init__(self, project: str | None) -> None:
         from loopml.config import Settings
 
         settings = Settings.from_env()
-        self.url = settings.url.rstrip("/")
+        self.url = settings.url
         self.project = project or settings.default_project
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=120.0)) as http:
-                resp = http.request(method, f"/v1/projects/{self.project}/{path}", **kw)
-        except httpx.ConnectError as exc:
-            raise ServerUnreachable(
-                f"No loopml server at {self.url}. Start one with `loopml server` or set LOOPML_URL."
-            ) from exc
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            raise from_json(resp.status_code, body)
-        return resp.json() if resp.content else {}
+        from loopml.client import Client
+
+        with Client(self.url, project=self.project) as client:
+            return client.json(method, f"/v1/projects/{self.project}/{path}", **kw)
 
 
 def _run(fn: Any) -> Any:
-    try:
+    with cli_errors():
         return fn()
-    except LoopmlError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
 
 
 def _short(name: str) -> str:
