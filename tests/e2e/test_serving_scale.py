@@ -153,3 +153,47 @@ def test_sigkill_replica_under_load_loses_nothing(srv: Any) -> None:
     wait_for(lambda: replica_count(srv.url, ep, dm_id) == 2, timeout=60)
     logs = sorted((srv.home / "logs" / "replicas").glob(f"{dm_id}-*.log"))
     assert logs and any(log.read_text().count("starting replica") >= 2 for log in logs)
+
+
+BURNER = """
+import time
+
+class Burner:
+    def predict(self, instances):
+        end = time.process_time() + 0.02  # 20 ms of CPU per request
+        while time.process_time() < end:
+            pass
+        return [0 for _ in instances]
+"""
+
+
+def test_autoscale_on_cpu_utilisation(srv: Any) -> None:
+    import json
+
+    from tests.e2e.serving_helpers import PARENT, call
+
+    d = srv.home / "buckets" / "serve-bucket" / "burner"
+    d.mkdir(parents=True)
+    (d / "burner.py").write_text(BURNER)
+    (d / "loopml_model.json").write_text(json.dumps({"framework": "python", "predictor": "burner:Burner"}))
+    model = {"displayName": "burner", "artifactUri": "gs://serve-bucket/burner"}
+    call(srv.url, "POST", f"{PARENT}/models:upload", json={"modelId": "burner", "model": model})
+    ep = create_endpoint(srv.url, "cpu-ep")
+    metrics = [{"metricName": "aiplatform.googleapis.com/prediction/online/cpu/utilization", "target": 30}]
+    dm = deploy(srv.url, ep, "burner", split={"0": 100}, min_r=1, max_r=2, metrics=metrics)
+    dm_id = dm["response"]["deployedModel"]["id"]
+
+    stop = threading.Event()
+    statuses: Counter[int] = Counter()
+    rows = [[1.0]]
+    workers = [threading.Thread(target=_load, args=(srv.url, ep, rows, stop, statuses)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        wait_for(lambda: replica_count(srv.url, ep, dm_id) == 2, timeout=120)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert set(statuses) == {200}, statuses
+    wait_for(lambda: replica_count(srv.url, ep, dm_id) == 1, timeout=120)
