@@ -302,6 +302,7 @@ def test_deploy_rules_over_http(server: ServerProcess, api: Api) -> None:
     assert api.http.get(f"{PARENT}/models/dep").status_code == 404
 
 
+@pytest.mark.slow
 def test_deployments_survive_a_restart(server: ServerProcess, api: Api) -> None:
     upload(api, save_sklearn(server.home, "r1"), modelId="durable")
     api.req("POST", f"{PARENT}/endpoints", params={"endpointId": "ep2"}, json={"displayName": "ep2"})
