@@ -228,3 +228,16 @@ def test_kmeans_engine_quantiles_match_numpy() -> None:
     assert kmeans.threshold(
         kmeans.KMeansParams(np.zeros((2, 1)), "EUCLIDEAN", quantiles=kmeans._quantiles(values)), 0.1
     ) == pytest.approx(np.quantile(values, 0.9))
+
+
+def test_nearest_centroids_are_the_k_smallest_distances_in_order() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(70_000, 3))
+    params = kmeans.KMeansParams(rng.normal(size=(12, 3)), "EUCLIDEAN")
+    ids, dist = kmeans.nearest(x, params, 5)
+    full = kmeans.distances(x, params)
+    np.testing.assert_array_equal(ids, np.argsort(full, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :5])
+    two = kmeans.KMeansParams(params.centroids[:2], "EUCLIDEAN")
+    ids2, _ = kmeans.nearest(x[:10], two, 2)
+    assert ids2.shape == (10, 2) and set(map(tuple, ids2)) <= {(0, 1), (1, 0)}

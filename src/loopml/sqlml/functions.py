@@ -56,10 +56,7 @@ def predict(model: SqlModel, table: pa.Table, settings: dict[str, Any]) -> pa.Ta
     x = model.encoder.transform(table)
     if model.kmeans is not None:
         params = model.kmeans
-        dist = kmeans.distances(x, params)
-        m = min(params.k, 5)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :m]
-        nearest = np.take_along_axis(dist, order, axis=1)
+        order, nearest = kmeans.nearest(x, params, min(params.k, 5))
         out: dict[str, pa.Array] = {
             "CENTROID_ID": pa.array(order[:, 0] + 1, pa.int64()),
             "NEAREST_CENTROIDS_DISTANCE": _pairs(order + 1, nearest, NEAREST_TYPE),

@@ -260,6 +260,31 @@ def distances(x: np.ndarray, params: KMeansParams) -> np.ndarray:
     return np.sqrt(squared_distances(x, params.centroids, params.distance_type))
 
 
+def nearest(x: np.ndarray, params: KMeansParams, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The m nearest centroids of every row, nearest first: (n, m) 0-based ids and distances.
+
+    Computed in chunks, so memory stays O(chunk × k) however many rows and centroids there are.
+    """
+    n = x.shape[0]
+    ids = np.empty((n, m), dtype=np.int64)
+    dist = np.empty((n, m), dtype=np.float64)
+    for a in range(0, n, CHUNK):
+        d = distances(x[a : a + CHUNK], params)
+        if m < d.shape[1]:
+            part = np.argpartition(d, m - 1, axis=1)[:, :m]
+            vals = np.take_along_axis(d, part, 1)
+        else:
+            part = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+            vals = d
+        # nearest first; ties by centroid id (stable on the id-sorted candidates)
+        by_id = np.argsort(part, axis=1, kind="stable")
+        part, vals = np.take_along_axis(part, by_id, 1), np.take_along_axis(vals, by_id, 1)
+        order = np.argsort(vals, axis=1, kind="stable")
+        ids[a : a + CHUNK] = np.take_along_axis(part, order, 1)
+        dist[a : a + CHUNK] = np.take_along_axis(vals, order, 1)
+    return ids, dist
+
+
 def normalized_distance(x: np.ndarray, params: KMeansParams) -> tuple[np.ndarray, np.ndarray]:
     """min over centroids of distance / cluster radius, and the (0-based) centroid attaining it."""
     return _normalized(Pass(x, params.distance_type, None), params)
