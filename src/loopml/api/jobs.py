@@ -45,15 +45,15 @@ def _split(segment: str) -> tuple[str, str]:
 
 def install(app: FastAPI, platform: Platform) -> None:
     app.add_middleware(MetadataEmulation, project=lambda: _metadata_project(platform))
-    base = "/v1/projects/{project}/locations/{location}/{collection}"
+    for collection in COLLECTIONS:  # literal paths: never shadow other teams' collections
+        _install_collection(app, platform, collection)
 
-    def check_collection(collection: str) -> None:
-        if collection not in COLLECTIONS:
-            raise NotFound(f"Unknown collection {collection!r}.")
+
+def _install_collection(app: FastAPI, platform: Platform, collection: str) -> None:
+    base = "/v1/projects/{project}/locations/{location}/" + collection
 
     @app.post(base, include_in_schema=False)
-    async def create_job(project: str, location: str, collection: str, request: Request) -> Response:
-        check_collection(collection)
+    async def create_job(project: str, location: str, request: Request) -> Response:
         body = await read_json(request)
         svc = _service(platform)
         if collection == "customJobs":
@@ -63,8 +63,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         return json_response(out)
 
     @app.get(base, include_in_schema=False)
-    async def list_jobs(project: str, location: str, collection: str, request: Request) -> Response:
-        check_collection(collection)
+    async def list_jobs(project: str, location: str, request: Request) -> Response:
         q = request.query_params
         try:
             page_size = int(q.get("pageSize") or 100)
@@ -82,10 +81,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         return json_response(out)
 
     @app.get(base + "/{segment}", include_in_schema=False)
-    async def get_job(
-        project: str, location: str, collection: str, segment: str, request: Request
-    ) -> Response:
-        check_collection(collection)
+    async def get_job(project: str, location: str, segment: str, request: Request) -> Response:
         job_id, verb = _split(segment)
         svc = _service(platform)
         if verb == "logs":
@@ -95,10 +91,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         return json_response(await run_in_threadpool(svc.get, project, location, collection, job_id))
 
     @app.post(base + "/{segment}", include_in_schema=False)
-    async def job_verb(
-        project: str, location: str, collection: str, segment: str, request: Request
-    ) -> Response:
-        check_collection(collection)
+    async def job_verb(project: str, location: str, segment: str, request: Request) -> Response:
         job_id, verb = _split(segment)
         if verb != "cancel":
             raise NotFound(f"Unknown method :{verb or '(none)'} on {collection}; use :cancel.")
@@ -108,8 +101,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         return json_response({})
 
     @app.delete(base + "/{segment}", include_in_schema=False)
-    async def delete_job(project: str, location: str, collection: str, segment: str) -> Response:
-        check_collection(collection)
+    async def delete_job(project: str, location: str, segment: str) -> Response:
         job_id, verb = _split(segment)
         if verb:
             raise NotFound(f"Unknown method :{verb} for DELETE.")
