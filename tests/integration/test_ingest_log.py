@@ -127,8 +127,10 @@ def test_bigquery_subscription_coerces_records_errors_and_never_duplicates(tmp_p
     wh.create_dataset(P, "sink")
     wh.create_table(P, "sink", "events", SCHEMA)
     wh.create_table(P, "sink", "raw", [{"name": "data", "type": "STRING"}])
+    wh.create_table(P, "sink", "raw_bytes", [{"name": "data", "type": "BYTES"}])
     path = tmp_path / "ingest.db"
     good = {"event": "purchase", "ts": "2020-11-16 22:59:59", "items": [{"item_id": "67890", "price": 1.5}]}
+    batch_sent: list[tuple[bytes, str | None, str | None]] = []
 
     def count(table: str) -> int:
         return int(
@@ -157,6 +159,11 @@ def test_bigquery_subscription_coerces_records_errors_and_never_duplicates(tmp_p
             "to-raw",
             {"topic": f"projects/{P}/topics/bq-topic", "bigqueryConfig": {"table": f"{P}.sink.raw"}},
         )
+        await svc.create_subscription(
+            P,
+            "to-bytes",
+            {"topic": f"projects/{P}/topics/bq-topic", "bigqueryConfig": {"table": f"{P}.sink.raw_bytes"}},
+        )
         with pytest.raises(NotFound, match=r"bigqueryConfig\.table"):
             await svc.create_subscription(
                 P,
@@ -180,10 +187,13 @@ def test_bigquery_subscription_coerces_records_errors_and_never_duplicates(tmp_p
             msg(good),
         ]
         await svc.publish(P, "bq-topic", batch)
+        batch_sent.extend(batch)
         sub = svc.sub(P, "to-events")
         await wait_until(lambda: svc.status(sub)["backlog"] == 0 and svc.status(sub)["deadLetters"] == 3)
         raw = svc.sub(P, "to-raw")
         await wait_until(lambda: svc.status(raw)["backlog"] == 0)
+        raw_bytes = svc.sub(P, "to-bytes")
+        await wait_until(lambda: svc.status(raw_bytes)["backlog"] == 0)
         dead = svc.dead_letters(P, "to-events")
         assert len(dead) == 3 and all(d["error"] for d in dead)
         assert any("JSON" in d["error"] for d in dead)
@@ -198,6 +208,8 @@ def test_bigquery_subscription_coerces_records_errors_and_never_duplicates(tmp_p
     ).table.to_pylist()
     assert res[0]["i"] == 67890 and str(res[0]["ts"]).startswith("2020-11-16 22:59:59")
     assert orjson.loads(res[0]["attributes"]) == {"src": "a"}
+    stored = wh.query(f"SELECT data FROM `{P}.sink.raw_bytes`", project=P).table.column(0).to_pylist()
+    assert sorted(stored) == sorted(m[0] for m in batch_sent)
 
     async def replay() -> None:  # a crash between the insert and the cursor commit: everything again
         svc = IngestService(path, warehouse=lambda: wh)

@@ -10,6 +10,7 @@ Messages that can never be written are recorded as dead letters with their error
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,8 @@ class SinkWorker:
                 raise ValueError(f"message data is not valid JSON: {exc}") from exc
             if not isinstance(row, dict):
                 raise ValueError("message data is a JSON value but not an object; it cannot map to columns")
+        elif (self.column_types or {}).get("data") == "BYTES":
+            row = {"data": base64.b64encode(msg.data).decode()}  # BYTES travel base64 in insertAll
         else:
             row = {"data": msg.data.decode("utf-8", errors="replace")}
         if spec.write_metadata:
@@ -153,6 +156,9 @@ class SinkWorker:
         ids: list[str] = []
         kept: list[Message] = []
         dead: list[tuple[Message, str]] = []
+        if self.column_types is None and not self.spec.use_table_schema:
+            assert self.spec.table is not None
+            self.column_types = await self._column_types(self.spec.table)
         for msg in msgs:
             if not matches(self.spec, msg):
                 continue
