@@ -159,12 +159,10 @@ def test_new_subscription_starts_at_the_head(http: httpx.Client) -> None:
     http.post(f"/v1/projects/{P}/topics/topic-3:publish", json={"messages": [{"data": b64("old")}]})
     http.put(f"/v1/projects/{P}/subscriptions/sub-3", json={"topic": f"projects/{P}/topics/topic-3"})
     http.post(f"/v1/projects/{P}/topics/topic-3:publish", json={"messages": [{"data": b64("new")}]})
-    t0 = time.monotonic()
     got = http.post(f"/v1/projects/{P}/subscriptions/sub-3:pull", json={"maxMessages": 10}).json()[
         "receivedMessages"
     ]
     assert [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got] == ["new"]
-    assert time.monotonic() - t0 < 30
     assert http.get(f"/v1/projects/{P}/topics/topic-3/subscriptions").json() == {
         "subscriptions": [f"projects/{P}/subscriptions/sub-3"]
     }
