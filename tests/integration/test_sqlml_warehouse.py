@@ -178,6 +178,12 @@ def test_workshop_bqml_flow(stack: Stack) -> None:
         "SELECT COUNT(*) AS n FROM ML.DETECT_ANOMALIES(MODEL ecommerce_sink.normal_purchases, "
         "STRUCT(0.02 AS contamination))"
     ).to_pylist() == [{"n": len(purchases) - anomalies}]
+    # TABLE t input, and input columns the model does not use pass through unchanged.
+    by_table = stack.q(
+        "SELECT anomaly, CENTROID_ID FROM ML.PREDICT(MODEL ecommerce_sink.anomaly_detection, "
+        "TABLE ecommerce_sink.anomaly_data)"
+    ).to_pylist()
+    assert len(by_table) == len(purchases) and all(r["anomaly"] == (r["CENTROID_ID"] == 1) for r in by_table)
     for fn in ("ML.EVALUATE", "ML.CENTROIDS", "ML.TRAINING_INFO", "ML.FEATURE_INFO"):
         assert stack.q(f"SELECT * FROM {fn}(MODEL ecommerce_sink.anomaly_detection)").num_rows >= 1
 
