@@ -155,6 +155,9 @@ def test_workshop_bqml_through_google_clients(bq: bigquery.Client, purchases: li
         anomalous.predictions[0]["centroid_distances"][1]
     )
 
+    with pytest.raises(BadRequest, match="missing value"):
+        endpoint.predict(instances=[{"tax": 4.9, "shipping": 5.99}])
+
     # DROP MODEL is refused while the registry version is deployed; after undeploying it goes.
     with pytest.raises(BadRequest, match="deployed"):
         bq.query(f"DROP MODEL `{DS}.anomaly_detection`").result()
