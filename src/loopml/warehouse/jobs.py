@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -172,9 +173,19 @@ class JobManager:
             if job.future is not None and job.future.cancel():
                 job.error = InvalidQuery("Job execution was cancelled: User requested cancellation")
                 job.state, job.ended_ms = "DONE", now_ms()
-            elif job.connection is not None:
-                job.connection.interrupt()
+            else:
+                threading.Thread(target=self._interrupt, args=(job,), daemon=True).start()
         return job
+
+    @staticmethod
+    def _interrupt(job: Job) -> None:
+        """Interrupt the job's statement until the job ends (a statement may be about to start)."""
+        deadline = time.monotonic() + 60.0
+        while not job.done and time.monotonic() < deadline:
+            conn = job.connection
+            if conn is not None:
+                conn.interrupt()
+            time.sleep(0.05)
 
     def wait(self, job: Job, timeout: float | None) -> bool:
         if job.future is not None and not job.done:

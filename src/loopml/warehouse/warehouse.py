@@ -131,6 +131,7 @@ class Warehouse:
                 raise RuntimeError("the warehouse is closed")
             cur = self._db.cursor()
             cur.execute("SET TimeZone = 'UTC'")
+            cur.execute("SET enable_progress_bar = false")
             self._local.cursor = cur
             with self._lock:
                 self._cursors.append(cur)
