@@ -1,12 +1,16 @@
-"""kill -9 mid-stream: every message that got a messageId ends up in the table exactly once."""
+"""kill -9 mid-stream: every message that got a messageId ends up in the table exactly once, and
+is pushed to the push subscription's endpoint at least once."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -41,18 +45,43 @@ def publisher(url: str, worker: int, acked: list[str], stop: threading.Event) ->
             acked.extend(resp.json()["messageIds"])
 
 
-def wait_caught_up(url: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_caught_up(url: str, name: str, timeout: float = 180.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=url, timeout=10) as http:
         while time.monotonic() < deadline:
-            sub = http.get(f"/v1/projects/{P}/subscriptions/stream-to-table").json()
+            sub = http.get(f"/v1/projects/{P}/subscriptions/{name}").json()
             if sub["loopmlStatus"]["backlog"] == 0:
                 return sub
             time.sleep(0.2)
     raise AssertionError(f"subscription did not catch up: {sub}")
 
 
-def test_kill_9_loses_no_acknowledged_message(server_factory: Any) -> None:
+class Receiver(BaseHTTPRequestHandler):
+    received: set[str] = set()
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
+        with self.lock:
+            self.received.add(body["message"]["messageId"])
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture()
+def receiver() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/push"
+    server.shutdown()
+    server.server_close()
+
+
+def test_kill_9_loses_no_acknowledged_message(server_factory: Any, receiver: str) -> None:
     srv = server_factory(env={"LOOPML_DEFAULT_PROJECT": P})
     client = bq(srv.url)
     client.create_dataset("sink")
@@ -80,6 +109,15 @@ def test_kill_9_loses_no_acknowledged_message(server_factory: Any) -> None:
             },
         )
         assert r.status_code == 200, r.text
+        r = http.put(
+            f"/v1/projects/{P}/subscriptions/stream-push",
+            json={
+                "topic": f"projects/{P}/topics/stream-topic",
+                "pushConfig": {"pushEndpoint": receiver},
+                "retryPolicy": {"minimumBackoff": "0.1s", "maximumBackoff": "1s"},
+            },
+        )
+        assert r.status_code == 200, r.text
 
     acked: list[str] = []
     stop = threading.Event()
@@ -87,7 +125,7 @@ def test_kill_9_loses_no_acknowledged_message(server_factory: Any) -> None:
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60
-    while len(acked) < 3000 and time.monotonic() < deadline:
+    while len(acked) < 2000 and time.monotonic() < deadline:
         time.sleep(0.02)
     srv.kill()  # SIGKILL while publishers and the BigQuery subscription are running
     stop.set()
@@ -96,7 +134,7 @@ def test_kill_9_loses_no_acknowledged_message(server_factory: Any) -> None:
     assert len(acked) >= 1000, "the stream was too short to mean anything"
 
     srv.start()  # same home, same port
-    sub = wait_caught_up(srv.url)
+    sub = wait_caught_up(srv.url, "stream-to-table")
     assert sub["loopmlStatus"]["deadLetters"] == 0
     rows = (
         bq(srv.url)
@@ -108,6 +146,12 @@ def test_kill_9_loses_no_acknowledged_message(server_factory: Any) -> None:
     assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
     dupes = {k: n for k, n in counts.items() if n != 1}
     assert not dupes, f"duplicated rows: {list(dupes.items())[:5]}"
+    push = wait_caught_up(srv.url, "stream-push")
+    assert push["loopmlStatus"]["outstanding"] == 0
+    not_pushed = set(acked) - Receiver.received
+    assert not not_pushed, (
+        f"{len(not_pushed)} acknowledged messages never pushed, e.g. {sorted(not_pushed)[:5]}"
+    )
     # the stream continues after the restart, with fresh ids
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         (new_id,) = http.post("/ingest/stream-topic", json={"worker": 99, "i": 0}).json()["messageIds"]
