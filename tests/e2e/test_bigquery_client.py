@@ -227,3 +227,12 @@ def test_running_jobs_are_polled(server_factory: Any) -> None:
         assert len(listed) == 2 and listed[1] == job.job_id
     finally:
         c.close()
+
+
+def test_export_data_through_the_client(client: bigquery.Client, server: Any, sink: str) -> None:
+    client.query(
+        "EXPORT DATA OPTIONS(uri='gs://hyp-bucket/export/train/*.csv', format='CSV', overwrite=true, header=true) "
+        f"AS SELECT event, user_id FROM `{sink}` WHERE event != 'purchase' ORDER BY event"
+    ).result()
+    shard = server.home / "buckets" / "hyp-bucket" / "export" / "train" / "000000000000.csv"
+    assert shard.read_text().splitlines() == ["event,user_id", "add_to_cart,UID00003", "view_item,UID00003"]

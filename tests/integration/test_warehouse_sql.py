@@ -238,6 +238,15 @@ def test_export_data_shards(wh: Warehouse, tmp_path: Path) -> None:
     with (out / "000000000000.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["id"] for r in rows] == ["1", "2", "3"] and rows[0]["zone"] == "a"
+    wh.query(
+        "EXPORT DATA OPTIONS(uri='gs://bkt/csv2/*.csv', format='CSV', header=true) AS "
+        "SELECT 'a,b' AS s, TRUE AS ok, start, CAST(NULL AS STRING) AS nothing FROM ds.trips WHERE id = 1",
+        project=P,
+    )
+    assert (tmp_path / "store/buckets/bkt/csv2/000000000000.csv").read_text().splitlines() == [
+        "s,ok,start,nothing",
+        '"a,b",true,2020-11-15 10:00:00 UTC,',
+    ]
     with pytest.raises(InvalidQuery, match="not empty"):
         wh.query(
             "EXPORT DATA OPTIONS(uri='gs://bkt/taxi/train/*.csv', format='CSV') AS SELECT 1 AS x", project=P

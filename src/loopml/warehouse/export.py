@@ -7,11 +7,13 @@ the artifact store. With `overwrite=false` an export into a non-empty prefix fai
 
 from __future__ import annotations
 
+import base64
+import csv
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlglot import exp
 
@@ -50,8 +52,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     if isinstance(value, bytes):
-        import base64
-
         return base64.b64encode(value).decode()
     if hasattr(value, "isoformat"):
         if getattr(value, "tzinfo", None) is not None:
@@ -59,6 +59,22 @@ def _jsonable(value: Any) -> Any:
         return value.isoformat()
     if hasattr(value, "is_finite"):  # Decimal
         return str(value)
+    return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """BigQuery's CSV rendering: true/false, `YYYY-MM-DD HH:MM:SS[.ffffff] UTC`, empty for NULL."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        text = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return text + (f".{value.microsecond:06d}" if value.microsecond else "") + " UTC"
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
     return value
 
 
@@ -70,8 +86,13 @@ def _write_shard(path: Any, table: pa.Table, fmt: str, header: bool, delimiter: 
                     f"Cannot export column {field.name!r} ({field.type}) to CSV: nested and repeated "
                     "fields need format='JSON' or 'PARQUET'."
                 )
-        opts = pacsv.WriteOptions(include_header=header, delimiter=delimiter)
-        pacsv.write_csv(table, str(path), write_options=opts)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+            if header:
+                writer.writerow(table.column_names)
+            for batch in table.to_batches(max_chunksize=10_000):
+                for row in batch.to_pylist():
+                    writer.writerow([_csv_cell(v) for v in row.values()])
     elif fmt == "JSON":
         with open(path, "wb") as fh:
             for row in table.to_pylist():
