@@ -241,3 +241,25 @@ def test_nearest_centroids_are_the_k_smallest_distances_in_order() -> None:
     two = kmeans.KMeansParams(params.centroids[:2], "EUCLIDEAN")
     ids2, _ = kmeans.nearest(x[:10], two, 2)
     assert ids2.shape == (10, 2) and set(map(tuple, ids2)) <= {(0, 1), (1, 0)}
+
+
+def test_online_encoding_matches_ml_predict(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    n = 300
+    table = pa.table(
+        {
+            "color": pa.array([None if i % 17 == 0 else ["red", "blue", "green"][i % 3] for i in range(n)]),
+            "flag": pa.array([bool(i % 2) for i in range(n)]),
+            "x": pa.array([None if i % 13 == 0 else float(v) for i, v in enumerate(rng.normal(size=n))]),
+            "k": pa.array(rng.integers(0, 50, n)),
+        }
+    )
+    model = trainer.train_model(table, kmeans_opts(NUM_CLUSTERS=4))
+    model.save(tmp_path / "m")
+    probe = [*table.to_pylist(), {"color": "purple", "flag": True, "x": 0.5, "k": 3}]
+    served = load_predictor(tmp_path / "m").predict(probe, None)
+    ml = functions.predict(model, pa.Table.from_pylist(probe, schema=table.schema), {})
+    assert [p["nearest_centroid_id"][0] for p in served] == ml.column("CENTROID_ID").to_pylist()
+    nearest = ml.column("NEAREST_CENTROIDS_DISTANCE").to_pylist()
+    for p, row in zip(served, nearest, strict=True):
+        assert p["centroid_distances"][row[0]["CENTROID_ID"] - 1] == pytest.approx(row[0]["DISTANCE"])

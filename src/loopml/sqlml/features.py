@@ -242,29 +242,36 @@ class FeatureEncoder:
                     f"instances[{i}] must be an object keyed by {', '.join(self.names)} "
                     f"or a list of {len(self.features)} values."
                 )
-        arrays: dict[str, pa.Array] = {}
-        for f in self.features:
+        # Straight to numpy (no arrow round trip): this is the online prediction path.
+        n = len(instances)
+        out = np.zeros((n, self.width), dtype=np.float64)
+        for f, sl in self.dimension_slices():
             values = columns[f.name]
             if f.kind == CATEGORICAL:
-                arrays[f.name] = pa.array(
-                    [
-                        None if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
-                        for v in values
-                    ],
-                    pa.string(),
-                )
+                index = {c: i for i, c in enumerate(f.categories)}
+                for row, v in enumerate(values):
+                    key = None if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+                    hit = index.get(key)
+                    if hit is not None:
+                        out[row, sl.start + hit] = 1.0
                 continue
             if f.kind == TIMESTAMP:
                 try:
-                    arrays[f.name] = pc.cast(pa.array(values), pa.timestamp("us", tz="UTC"))
+                    stamps = pc.cast(pa.array(values), pa.timestamp("us", tz="UTC"))
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                     raise InvalidArgument(f"{f.name} must be a timestamp: {exc}") from None
-                continue
-            for v in values:
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-                    raise InvalidArgument(f"{f.name} must be a number, got {v!r}.")
-            arrays[f.name] = pa.array(values, pa.float64())
-        return self.transform(pa.table(arrays))
+                x = _numeric(stamps, TIMESTAMP)
+            else:
+                for v in values:
+                    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                        raise InvalidArgument(f"{f.name} must be a number, got {v!r}.")
+                x = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            if not np.isfinite(x).all():
+                if np.isinf(x).any():
+                    raise InvalidArgument(f"{f.name} must be finite.")
+                x = np.where(np.isnan(x), f.mean, x)
+            out[:, sl.start] = (x - f.mean) / f.scale if self.standardize else x
+        return out
 
     # -- storage ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
