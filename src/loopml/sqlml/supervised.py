@@ -33,6 +33,7 @@ class SupervisedParams:
     booster_json: bytes | None = None  # boosted trees: xgboost JSON model
     iterations: list[dict[str, Any]] = field(default_factory=list)
     eval_metrics: dict[str, Any] = field(default_factory=dict)
+    _booster: Any = field(default=None, repr=False, compare=False)  # loaded xgboost Booster (cache)
 
     @property
     def is_classifier(self) -> bool:
@@ -240,9 +241,11 @@ def predict(params: SupervisedParams, x: np.ndarray) -> np.ndarray:
     """Regressors: (n,) values. Classifiers: (n, classes) probabilities."""
     if params.booster_json is not None:
         xgb = _xgb()
-        booster = xgb.Booster()
-        booster.load_model(bytearray(params.booster_json))
-        out = np.asarray(booster.predict(xgb.DMatrix(x)), dtype=np.float64)
+        if params._booster is None:
+            booster = xgb.Booster()
+            booster.load_model(bytearray(params.booster_json))
+            params._booster = booster
+        out = np.asarray(params._booster.predict(xgb.DMatrix(x)), dtype=np.float64)
         if params.classes and out.ndim == 1:
             return np.stack([1.0 - out, out], axis=1)
         return out
