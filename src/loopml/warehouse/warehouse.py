@@ -112,6 +112,8 @@ class Warehouse:
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._entries: dict[tuple[str, str, str], _TableEntry] = {}
+        self._exists: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+        self._generation = 0
         self._dedup: dict[str, OrderedDict[str, float]] = {}
         self._inserts_since_prune = 0
         self.statement_handlers: list[StatementHandler] = []
@@ -317,10 +319,26 @@ class Warehouse:
 
     # -- tables ----------------------------------------------------------------------------
     def invalidate(self) -> None:
-        """Forget cached table schemas (after DDL)."""
+        """Forget cached table schemas and existence (call after DDL has committed)."""
+        self._generation += 1
         self._entries.clear()
+        self._exists.clear()
 
     def _duckdb_table(self, project: str, dataset: str, table: str) -> tuple[str, str] | None:
+        """(name, "TABLE" | "VIEW") of an existing table, cached until the next DDL."""
+        key = (project.lower(), dataset.lower(), table.lower())
+        if key in self._exists:
+            return self._exists[key]
+        generation = self._generation
+        found = self._lookup_table(project, dataset, table)
+        with self._lock:
+            if generation == self._generation:
+                if len(self._exists) > 10_000:
+                    self._exists.clear()
+                self._exists[key] = found
+        return found
+
+    def _lookup_table(self, project: str, dataset: str, table: str) -> tuple[str, str] | None:
         rows = (
             self.cursor()
             .execute(
@@ -578,6 +596,8 @@ class Warehouse:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+            finally:
+                self.invalidate()
 
     # -- rows ------------------------------------------------------------------------------
     def insert_rows(
