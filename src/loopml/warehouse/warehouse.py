@@ -407,14 +407,17 @@ class Warehouse:
             info["num_rows"] = int(self.cursor().execute(f"SELECT count(*) FROM {ref}").fetchall()[0][0])
         return info
 
-    def get_table_schema(self, project: str, dataset: str, table: str) -> list[Field]:
+    def _entry(self, project: str, dataset: str, table: str) -> _TableEntry:
         key = (project.lower(), dataset.lower(), table.lower())
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _TableEntry(
-                self.get_table(project, dataset, table, with_rows=False)["schema"]
-            )
-        return entry.schema
+            entry = _TableEntry(self.get_table(project, dataset, table, with_rows=False)["schema"])
+            self._entries[key] = entry
+        return entry
+
+    def get_table_schema(self, project: str, dataset: str, table: str) -> list[Field]:
+        """The table's BigQuery schema (types as written); cached until the next DDL."""
+        return self._entry(project, dataset, table).schema
 
     def list_tables(self, project: str, dataset: str) -> list[dict[str, Any]]:
         ds = self.get_dataset(project, dataset)
@@ -616,9 +619,7 @@ class Warehouse:
             raise InvalidArgument("rows must be a list of JSON objects.")
         if insert_ids is not None and len(insert_ids) != len(rows):
             raise InvalidArgument("insert_ids must have one entry per row.")
-        self.get_table_schema(project, dataset, table)
-        entry = self._entries[(project.lower(), dataset.lower(), table.lower())]
-        conv = entry.converter(ignore_unknown)
+        conv = self._entry(project, dataset, table).converter(ignore_unknown)
         good, kept, errors = conv.convert(rows)
         if errors and not skip_invalid:
             stopped = [stopped_error(i) for i in kept]
