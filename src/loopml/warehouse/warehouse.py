@@ -411,8 +411,11 @@ class Warehouse:
         key = (project.lower(), dataset.lower(), table.lower())
         entry = self._entries.get(key)
         if entry is None:
+            generation = self._generation
             entry = _TableEntry(self.get_table(project, dataset, table, with_rows=False)["schema"])
-            self._entries[key] = entry
+            with self._lock:
+                if generation == self._generation:
+                    self._entries[key] = entry
         return entry
 
     def get_table_schema(self, project: str, dataset: str, table: str) -> list[Field]:
