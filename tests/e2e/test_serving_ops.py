@@ -117,3 +117,12 @@ def test_python_predictor_predict_and_explain(server: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["explanations"] == [{"attributions": [{"featureAttributions": [1.0, -1.0]}]}]
     assert r.json()["predictions"] == [0.0]
+
+
+def test_deployments_come_back_after_a_restart(server: Any) -> None:
+    ep = f"{PARENT}/endpoints/py-ep"  # deployed by the previous test
+    before = httpx.post(f"{server.url}/v1/{ep}:predict", json={"instances": [[2, 1]]}, timeout=30).json()
+    server.restart()
+    after = httpx.post(f"{server.url}/v1/{ep}:predict", json={"instances": [[2, 1]]}, timeout=30)
+    assert after.status_code == 200, after.text
+    assert after.json() == before
