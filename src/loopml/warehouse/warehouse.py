@@ -114,6 +114,7 @@ class Warehouse:
         self._entries: dict[tuple[str, str, str], _TableEntry] = {}
         self._exists: dict[tuple[str, str, str], tuple[str, str] | None] = {}
         self._generation = 0
+        self._cache_lock = threading.Lock()
         self._dedup: dict[str, OrderedDict[str, float]] = {}
         self._inserts_since_prune = 0
         self.statement_handlers: list[StatementHandler] = []
@@ -320,9 +321,10 @@ class Warehouse:
     # -- tables ----------------------------------------------------------------------------
     def invalidate(self) -> None:
         """Forget cached table schemas and existence (call after DDL has committed)."""
-        self._generation += 1
-        self._entries.clear()
-        self._exists.clear()
+        with self._cache_lock:
+            self._generation += 1
+            self._entries.clear()
+            self._exists.clear()
 
     def _duckdb_table(self, project: str, dataset: str, table: str) -> tuple[str, str] | None:
         """(name, "TABLE" | "VIEW") of an existing table, cached until the next DDL."""
@@ -331,7 +333,7 @@ class Warehouse:
             return self._exists[key]
         generation = self._generation
         found = self._lookup_table(project, dataset, table)
-        with self._lock:
+        with self._cache_lock:
             if generation == self._generation:
                 if len(self._exists) > 10_000:
                     self._exists.clear()
@@ -413,7 +415,7 @@ class Warehouse:
         if entry is None:
             generation = self._generation
             entry = _TableEntry(self.get_table(project, dataset, table, with_rows=False)["schema"])
-            with self._lock:
+            with self._cache_lock:
                 if generation == self._generation:
                     self._entries[key] = entry
         return entry
