@@ -136,7 +136,7 @@ class Warehouse:
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("SET enable_progress_bar = false")
             self._local.cursor = cur
-            with self._lock:
+            with self._cache_lock:
                 self._cursors.append(cur)
         return cur
 
