@@ -369,10 +369,7 @@ class PushWorker:
     async def deliver(self, seq: int, attempt: int, msg: Message) -> None:
         url = self.state.spec.push_endpoint
         payload = orjson.dumps(self.envelope(msg))
-        headers = {"content-type": "application/json", **self.state.spec.push_attributes}
-        headers = {k: v for k, v in headers.items() if not k.startswith("x-goog-")} | {
-            "content-type": "application/json"
-        }
+        headers = {"content-type": "application/json"}  # pushConfig.attributes configure, not headers
         try:
             while True:
                 async with self.sem:
