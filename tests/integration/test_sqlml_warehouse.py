@@ -184,6 +184,14 @@ def test_workshop_bqml_flow(stack: Stack) -> None:
         "TABLE ecommerce_sink.anomaly_data)"
     ).to_pylist()
     assert len(by_table) == len(purchases) and all(r["anomaly"] == (r["CENTROID_ID"] == 1) for r in by_table)
+    # ML.VALIDATE_DATA_SKEW against the training statistics recorded at CREATE MODEL.
+    skewed = stack.q(
+        "SELECT input, value, is_anomaly FROM ML.VALIDATE_DATA_SKEW(MODEL ecommerce_sink.anomaly_detection, "
+        "(SELECT 4.9 AS tax, 5.99 AS shipping, 1000000.1 AS value), "
+        "STRUCT(0.2 AS numerical_default_threshold, [('tax', 0.5)] AS thresholds))"
+    ).to_pylist()
+    assert [r["input"] for r in skewed] == ["tax", "shipping", "value"]
+    assert [r["is_anomaly"] for r in skewed] == [False, False, True]
     for fn in ("ML.EVALUATE", "ML.CENTROIDS", "ML.TRAINING_INFO", "ML.FEATURE_INFO"):
         assert stack.q(f"SELECT * FROM {fn}(MODEL ecommerce_sink.anomaly_detection)").num_rows >= 1
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopml.errors import InvalidArgument, InvalidQuery
+from loopml.sqlml.skew import category_key, numeric_histogram
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -111,6 +112,21 @@ def _strings(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.cast(col, pa.string())
 
 
+def category_counts(values: pa.Array) -> dict[str, float]:
+    """Count of every category (NULL keyed "NULL"), as stored for skew detection."""
+    out: dict[str, float] = {}
+    for item in pc.value_counts(values).to_pylist():
+        out[category_key(item["values"])] = out.get(category_key(item["values"]), 0.0) + float(item["counts"])
+    return out
+
+
+def column_statistics(feat: Feature, col: Any) -> Any:
+    """Serving-side statistics of one column, comparable with the feature's training statistics."""
+    if feat.kind == CATEGORICAL:
+        return category_counts(_strings(col))
+    return numeric_histogram(_numeric(col, feat.kind if feat.kind == TIMESTAMP else NUMERIC))
+
+
 class FeatureEncoder:
     """Turns columns into the model's numeric matrix; fitted once, stored as JSON."""
 
@@ -138,9 +154,14 @@ class FeatureEncoder:
             feat = Feature(name=name, kind=kind, type=bq_type(col.type))
             if kind == CATEGORICAL:
                 values = _strings(col)
+                counts = category_counts(values)
                 uniq = pc.unique(values).to_pylist()
                 feat.categories = sorted(uniq, key=lambda v: (v is None, v or ""))
-                feat.stats = {"category_count": len(feat.categories), "null_count": col.null_count}
+                feat.stats = {
+                    "category_count": len(feat.categories),
+                    "null_count": col.null_count,
+                    "counts": counts,
+                }
             else:
                 x = _numeric(col, kind)
                 finite = np.isfinite(x)
@@ -166,6 +187,7 @@ class FeatureEncoder:
                     "median": float(np.median(valid[:: -(-valid.size // 200_000)])),  # approximate
                     "stddev": std,
                     "null_count": nulls,
+                    "histogram": numeric_histogram(x),
                 }
             features.append(feat)
         return cls(features, standardize)

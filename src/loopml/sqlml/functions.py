@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 from loopml.errors import InvalidArgument, InvalidQuery
-from loopml.sqlml import kmeans, supervised
+from loopml.sqlml import kmeans, skew, supervised
 from loopml.sqlml import options as opts
-from loopml.sqlml.features import CATEGORICAL
+from loopml.sqlml.features import CATEGORICAL, column_statistics
 from loopml.sqlml.kmeans_pass import assign
 from loopml.sqlml.model import SqlModel
 
@@ -275,6 +275,62 @@ def feature_info(model: SqlModel, settings: dict[str, Any]) -> pa.Table:
             "dimension": pa.nulls(len(feats), pa.int64()),
         }
     )
+
+
+def validate_data_skew(model: SqlModel, table: pa.Table, settings: dict[str, Any]) -> pa.Table:
+    """One row per model feature present in the input: input, metric, threshold, value, is_anomaly."""
+    opts_ = skew.parse_settings(settings, model.encoder.names)
+    present = {name.lower(): name for name in table.column_names}
+    rows: list[dict[str, Any]] = []
+    for feat in model.encoder.features:
+        actual = present.get(feat.name.lower())
+        if actual is None:
+            continue
+        if table.num_rows == 0:
+            raise InvalidQuery("ML.VALIDATE_DATA_SKEW got no input rows; skew is defined for non-empty data.")
+        served = column_statistics(feat, table.column(actual))
+        if feat.kind == CATEGORICAL:
+            train = feat.stats.get("counts")
+            metric = opts_["categorical_metric_type"]
+            default = opts_["categorical_default_threshold"]
+        else:
+            train = feat.stats.get("histogram")
+            metric = opts_["numerical_metric_type"]
+            default = opts_["numerical_default_threshold"]
+        if train is None:
+            raise InvalidQuery(
+                "This model has no training statistics; re-create it to use ML.VALIDATE_DATA_SKEW."
+            )
+        if feat.kind == CATEGORICAL:
+            value = (
+                skew.categorical_linf(train, served)
+                if metric == skew.L_INFTY
+                else skew.categorical_jsd(train, served)
+            )
+        else:
+            value = skew.numeric_jsd(train, served)
+        limit = opts_["thresholds"].get(feat.name, default)
+        rows.append(
+            {
+                "input": feat.name,
+                "metric": metric,
+                "threshold": limit,
+                "value": value,
+                "is_anomaly": value > limit,
+            }
+        )
+    if not rows:
+        raise InvalidQuery(f"The input has none of the model's features ({', '.join(model.encoder.names)}).")
+    schema = pa.schema(
+        [
+            ("input", pa.string()),
+            ("metric", pa.string()),
+            ("threshold", pa.float64()),
+            ("value", pa.float64()),
+            ("is_anomaly", pa.bool_()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def require_input(function: str, table: pa.Table | None) -> pa.Table:

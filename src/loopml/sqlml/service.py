@@ -39,6 +39,7 @@ from loopml.warehouse.types import QueryContext, QueryResult, TableFunctionArgs
 log = logging.getLogger(__name__)
 
 FUNCTIONS = (
+    "ML.VALIDATE_DATA_SKEW",
     "ML.PREDICT",
     "ML.EVALUATE",
     "ML.CENTROIDS",
@@ -283,6 +284,8 @@ class SqlMLService:
             return functions.predict(model, functions.require_input(name, table), settings)
         if name == "ML.EVALUATE":
             return functions.evaluate(model, table, settings)
+        if name == "ML.VALIDATE_DATA_SKEW":
+            return functions.validate_data_skew(model, functions.require_input(name, table), settings)
         if table is None:  # ML.DETECT_ANOMALIES on the training data: re-run the training query
             info = model.info
             table = self.warehouse.query(
