@@ -377,6 +377,9 @@ def test_server_crash_never_leaves_a_job_running(tmp_path: Path) -> None:
         while not job_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert job_processes(marker)
+        while httpx.get(f"{server.url}/v1/{job['name']}").json()["state"] != "JOB_STATE_RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         server.kill()  # SIGKILL: the job dies with it (PR_SET_PDEATHSIG)
         deadline = time.monotonic() + 10
         while job_processes(marker) and time.monotonic() < deadline:

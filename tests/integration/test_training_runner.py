@@ -19,6 +19,7 @@ from loopml import training
 from loopml.config import Settings
 from loopml.errors import InvalidArgument
 from loopml.platform import Platform
+from loopml.refs import now
 from loopml.training import TrainingService
 
 P, L = "proj1", "us-central1"
@@ -226,9 +227,13 @@ def test_restart_fails_running_jobs_and_kills_survivors(tmp_path: Path) -> None:
     service.runner.submit = lambda pk: None  # type: ignore[method-assign]  # simulate: no runner yet
     created = service.create_custom_job(P, L, command_job("pass"))
     job_id = created["name"].rsplit("/", 1)[1]
+    launching = service.create_custom_job(P, L, command_job("pass"))["name"].rsplit("/", 1)[1]
+    queued = service.create_custom_job(P, L, command_job("print('ran after restart')"))
     with platform.db.session() as s:
         row = service.store.get_row(s, P, L, "customJobs", job_id)
         row.state, row.pid = "JOB_STATE_RUNNING", survivor.pid
+        # crashed between "launch attempted" and "RUNNING recorded": must not run twice
+        service.store.get_row(s, P, L, "customJobs", launching).start_time = now()
     platform.db.dispose()
 
     again = _platform(tmp_path)
@@ -240,6 +245,8 @@ def test_restart_fails_running_jobs_and_kills_survivors(tmp_path: Path) -> None:
         assert "server stopped while this job was running" in after["error"]["message"]
         survivor.wait(timeout=10)
         assert survivor.returncode == -9
+        assert fresh.get(P, L, "customJobs", launching)["state"] == "JOB_STATE_FAILED"
+        assert wait(fresh, queued)["state"] == "JOB_STATE_SUCCEEDED"  # never started: started now
     finally:
         fresh.runner.stop()
         again.db.dispose()

@@ -131,6 +131,7 @@ class JobRunner:
                 if (
                     row.state in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED")
                     and not row.pid
+                    and row.start_time is None  # never launched (a launch attempt sets it first)
                     and not row.cancel_requested
                 ):
                     pending.append(row.pk)
@@ -249,6 +250,7 @@ class JobRunner:
             cwd = launch.cwd or self.logs_dir.parent.parent / "jobs" / job_id
             cwd.mkdir(parents=True, exist_ok=True)
             logf.write(f"[loopml] starting workerpool0-0: {' '.join(launch.argv)} (cwd {cwd})\n")
+            self.store.update(pk, start_time=now())  # a launch attempt: recovery fails it, never reruns it
             try:
                 proc = subprocess.Popen(
                     launch.argv,
