@@ -320,3 +320,12 @@ def test_schema_and_view_ddl(wh: Warehouse) -> None:
     assert q(wh, "SELECT y FROM ds2.v") == [{"y": 2}] and wh.get_table(P, "ds2", "v")["type"] == "VIEW"
     assert wh.query("DROP SCHEMA ds2 CASCADE", project=P).statement_type == "DROP_SCHEMA"
     assert [d["dataset"] for d in wh.list_datasets(P)] == ["ds"]
+
+
+def test_unnamed_columns_are_f0_f1(wh: Warehouse) -> None:
+    r = wh.query("SELECT zone, COUNT(*), SUM(fare) AS total, MAX(tip) FROM ds.trips GROUP BY zone", project=P)
+    assert r.table.column_names == ["zone", "f0_", "total", "f1_"]
+    assert [f["name"] for f in r.schema] == ["zone", "f0_", "total", "f1_"]
+    assert wh.query(
+        "SELECT * FROM (SELECT 1, rec.inner.tax FROM ds.trips)", project=P
+    ).table.column_names == ["f0_", "tax"]

@@ -176,6 +176,10 @@ def _execute(
     elif not isinstance(tree, exp.Query):
         target = _target(tree, ctx)
     _resolve_tables(wh, tree, ctx, skip_missing=isinstance(tree, exp.Create))
+    if isinstance(tree, exp.Query):
+        translate.name_anonymous_columns(tree)
+    elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
+        translate.name_anonymous_columns(tree.expression)
     translate.rewrite_functions(tree)
     params = _bind_params(tree, ctx)
     cur = wh.cursor()

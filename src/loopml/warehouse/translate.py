@@ -264,3 +264,20 @@ def rewrite_functions(tree: exp.Expression) -> exp.Expression:
         return node
 
     return tree.transform(fix, copy=False)
+
+
+def name_anonymous_columns(tree: exp.Expression) -> None:
+    """BigQuery names unnamed result columns f0_, f1_, ... (counting only the unnamed ones)."""
+    for node in list(tree.find_all(exp.Select)):
+        _name_select(node)
+
+
+def _name_select(node: exp.Select) -> None:
+    n = 0
+    for i, item in enumerate(list(node.expressions)):
+        if isinstance(item, (exp.Alias, exp.Column, exp.Star)) or item.is_star:
+            continue
+        if isinstance(item, exp.Dot):  # struct.field keeps the field's name
+            continue
+        node.expressions[i] = exp.alias_(item, f"f{n}_")
+        n += 1
