@@ -266,7 +266,7 @@ def rewrite_functions(tree: exp.Expression) -> exp.Expression:
     return tree.transform(fix, copy=False)
 
 
-def name_anonymous_columns(tree: exp.Expression) -> None:
+def name_anonymous_columns(tree: exp.Expr) -> None:
     """BigQuery names unnamed result columns f0_, f1_, ... (counting only the unnamed ones)."""
     for node in list(tree.find_all(exp.Select)):
         _name_select(node)
