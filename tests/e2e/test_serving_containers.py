@@ -196,3 +196,89 @@ def test_replicas_die_with_a_killed_server(server_factory: Any, tmp_path: Path) 
         )
 
     wait_for(all_gone, timeout=20)
+
+
+IMAGE_SERVER = r"""
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT = int(os.environ["SERVE_PORT"])  # ignores AIP_HTTP_PORT, as hard-coded workshop servers do
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200 if self.path == os.environ["AIP_HEALTH_ROUTE"] else 404, b"{}")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        env = {k: os.environ.get(k) for k in ("AIP_PREDICT_ROUTE", "AIP_HTTP_PORT", "GREETING", "PATH")}
+        self._send(200, json.dumps({"predictions": [env], "cwd": os.getcwd()}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+"""
+
+DOCKERFILE = """\
+FROM python:3.11-slim
+WORKDIR /app
+COPY server.py .
+ENV GREETING=from-image AIP_PREDICT_ROUTE=/not-this-one
+CMD ["python", "server.py"]
+"""
+
+
+def test_container_from_a_built_image(srv: Any, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import free_port
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / "server.py").write_text(IMAGE_SERVER)
+    env = dict(os.environ, LOOPML_HOME=str(srv.home))
+    built = subprocess.run(
+        [sys.executable, "-m", "loopml", "images", "build", "-t", "gcr.io/p/echo:v1", str(ctx)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    serve_port, declared = free_port(), free_port()
+    container = {
+        "imageUri": "gcr.io/p/echo:v1",
+        "env": [{"name": "SERVE_PORT", "value": str(serve_port)}],
+        "ports": [{"containerPort": declared}],
+    }
+    model = {"displayName": "echo", "containerSpec": container}
+    op = call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "echo"})
+    assert "error" not in op, op
+    ep = create_endpoint(srv.url, "echo-ep")
+    op = _deploy(srv, ep, "echo")
+    assert op["status"] == 200 and "error" not in op, op
+    dm_id = op["response"]["deployedModel"]["id"]
+    r = httpx.post(f"{srv.url}/v1/{ep}:predict", json={"instances": [1]}, timeout=30)
+    assert r.status_code == 200, r.text
+    seen = r.json()["predictions"][0]
+    assert (
+        seen["AIP_PREDICT_ROUTE"] == f"/v1/endpoints/echo-ep/deployedModels/{dm_id}:predict"
+    )  # platform wins
+    assert seen["AIP_HTTP_PORT"] == str(declared)  # the declared containerPort, free here
+    assert seen["GREETING"] == "from-image"
+    assert seen["PATH"].split(":")[0].startswith(str(srv.home))  # the image's env bin dir first
+    assert r.json()["cwd"].endswith("app")
+    call(srv.url, "POST", f"{ep}:undeployModel", json={"deployedModelId": dm_id})

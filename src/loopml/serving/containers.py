@@ -10,6 +10,7 @@ keep-alive HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from pathlib import Path
@@ -22,11 +23,39 @@ from loopml.serving.handler import error_body
 from loopml.serving.protocol import KIND_EXPLAIN, KIND_RAW
 from loopml.serving.replicas import JSON_CT, Item, Replica, ReplicaDied, Reply
 
+log = logging.getLogger(__name__)
 
-def free_port() -> int:
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` when nothing listens on it, else any free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if preferred:
+            try:
+                s.bind(("0.0.0.0", preferred))
+                return preferred
+            except OSError:
+                pass
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening_ports(pid: int) -> list[int]:
+    """TCP ports a process (or any of its children) listens on."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    ports: list[int] = []
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        ports.extend(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN)
+    return sorted(set(ports))
 
 
 class ContainerReplica(Replica):
@@ -46,6 +75,7 @@ class ContainerReplica(Replica):
         predict_route: str,
         health_route: str,
         meta: dict[str, str],
+        preferred_port: int | None = None,
     ) -> None:
         super().__init__(replica_id, log_path, start_timeout)
         self.argv = argv
@@ -54,6 +84,7 @@ class ContainerReplica(Replica):
         self.predict_route = predict_route
         self.health_route = health_route
         self.port = 0
+        self.preferred_port = preferred_port
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         tail = orjson.dumps(meta)
@@ -68,7 +99,10 @@ class ContainerReplica(Replica):
     def start(self) -> None:
         import httpx
 
-        self.port = free_port()
+        # Vertex gives the first containerSpec port (default 8080); take it when it is free here,
+        # else any free port. A server that ignores AIP_HTTP_PORT and listens elsewhere is found
+        # by looking at the ports its process tree listens on.
+        self.port = free_port(self.preferred_port)
         env = dict(self.env, AIP_HTTP_PORT=str(self.port))
         self.state = "starting"
         self.close()
@@ -92,6 +126,17 @@ class ContainerReplica(Replica):
                     last = f"HTTP {r.status_code}"
                 except httpx.HTTPError as exc:
                     last = type(exc).__name__
+                    if isinstance(exc, httpx.ConnectError) and self.proc is not None:
+                        ports = listening_ports(self.proc.pid)
+                        if ports and self.port not in ports:
+                            log.info(
+                                "replica %s listens on port %d, not AIP_HTTP_PORT %d",
+                                self.replica_id,
+                                ports[0],
+                                self.port,
+                            )
+                            self.port = ports[0]
+                            continue
                 time.sleep(0.1)
         raise self.fail_start(
             f"Custom container replica {self.replica_id} did not become healthy within "

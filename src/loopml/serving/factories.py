@@ -32,6 +32,19 @@ def _meta(spec: DeployedModelSpec) -> dict[str, str]:
     }
 
 
+def _first_port(container_spec: dict[str, Any]) -> int:
+    """The first `containerSpec.ports[].containerPort`, Vertex's AIP_HTTP_PORT (default 8080)."""
+    for port in container_spec.get("ports") or []:
+        if isinstance(port, dict):
+            try:
+                value = int(port.get("containerPort") or 0)
+            except (TypeError, ValueError):
+                continue
+            if 0 < value < 65536:
+                return value
+    return 8080
+
+
 class FactoryMixin:
     # Provided by ServingService.
     platform: Any
@@ -120,6 +133,7 @@ class FactoryMixin:
             cwd = self.settings.resolved_home() / "run" / "containers" / spec.deployed_model_id
             cwd.mkdir(parents=True, exist_ok=True)
         meta = _meta(spec)
+        preferred_port = _first_port(cs)
         return lambda rid, log_path: ContainerReplica(
             rid,
             log_path,
@@ -130,6 +144,7 @@ class FactoryMixin:
             predict_route=predict_route,
             health_route=health_route,
             meta=meta,
+            preferred_port=preferred_port,
         )
 
     def _storage_copy(self, spec: DeployedModelSpec) -> str:
