@@ -60,7 +60,9 @@ def test_bq_commands(cli: CliRunner, tmp_path: Path) -> None:
         "SELECT event, ecommerce.purchase.value AS v FROM shop.cloud_run WHERE event = 'purchase' ORDER BY v",
     )
     assert csv_out.splitlines() == ["event,v", "purchase,35.43", "purchase,1000000.1"]
-    pretty = invoke(cli, "query", "SELECT COUNT(*) AS n FROM `bq-proj.shop.cloud_run`")
+    pretty = invoke(
+        cli, "query", "--use_legacy_sql=false", "SELECT COUNT(*) AS n FROM `bq-proj.shop.cloud_run`"
+    )
     assert "4" in pretty and "n" in pretty
     assert "Number of affected rows: 1" in invoke(cli, "query", "DELETE FROM shop.t WHERE label = 'anomaly'")
 
@@ -73,6 +75,8 @@ def test_bq_commands(cli: CliRunner, tmp_path: Path) -> None:
     assert sorted(t["tableId"] for t in listed) == ["cloud_run", "t"]
     assert "shop" in invoke(cli, "ls")
 
+    legacy = cli.invoke(cli_main.app, ["bq", "query", "--use_legacy_sql=true", "SELECT 1"])
+    assert legacy.exit_code == 1 and "Legacy SQL is not supported" in legacy.output
     bad = cli.invoke(cli_main.app, ["bq", "query", "SELECT nope FROM shop.t"])
     assert bad.exit_code == 1 and "Unrecognized name: nope" in bad.output
     missing = cli.invoke(cli_main.app, ["bq", "show", "shop.nothing"])

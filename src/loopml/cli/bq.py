@@ -33,7 +33,7 @@ PROJECT_ID = typer.Option(
     envvar="LOOPML_PROJECT",
     help="Project (default: LOOPML_DEFAULT_PROJECT).",
 )
-FORMAT = typer.Option("pretty", "--format", help="Output format: pretty, json or csv.")
+FORMAT = typer.Option("pretty", "--format", help="Output format: pretty, json (or prettyjson) or csv.")
 BASE = "/bigquery/v2/projects"
 
 
@@ -94,7 +94,7 @@ def parse_schema(text: str) -> list[dict[str, Any]]:
 
 
 def _emit(rows: list[dict[str, Any]], names: list[str], fmt: str) -> None:
-    if fmt == "json":
+    if fmt in ("json", "prettyjson"):
         print_json(rows)
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
@@ -125,9 +125,10 @@ def query(
     ),
     max_rows: int = typer.Option(100, "--max_rows", "-n", help="Rows to print at most."),
     fmt: str = FORMAT,
-    use_legacy_sql: bool = typer.Option(
-        False, "--use_legacy_sql", help="Accepted for bq compatibility; must be false."
+    use_legacy_sql: str = typer.Option(
+        "false", "--use_legacy_sql", help="Accepted for bq compatibility (`--use_legacy_sql=false`)."
     ),
+    nouse_legacy_sql: bool = typer.Option(False, "--nouse_legacy_sql", help="bq's spelling of the default."),
 ) -> None:
     """Run a query and print its rows (DDL/DML print what they did)."""
     from loopml.warehouse.rows import decode_rows
@@ -135,7 +136,7 @@ def query(
     p = _project(project)
     body: dict[str, Any] = {
         "query": sql,
-        "useLegacySql": use_legacy_sql,
+        "useLegacySql": use_legacy_sql.strip().lower() in ("true", "1", "yes") and not nouse_legacy_sql,
         "timeoutMs": 10000,
         "maxResults": max_rows,
         "formatOptions": {"useInt64Timestamp": True},
