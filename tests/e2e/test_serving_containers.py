@@ -282,3 +282,34 @@ def test_container_from_a_built_image(srv: Any, tmp_path: Path) -> None:
     assert seen["PATH"].split(":")[0].startswith(str(srv.home))  # the image's env bin dir first
     assert r.json()["cwd"].endswith("app")
     call(srv.url, "POST", f"{ep}:undeployModel", json={"deployedModelId": dm_id})
+
+
+def test_hard_coded_port_taken_by_the_server_is_rewritten(srv: Any, tmp_path: Path) -> None:
+    script = tmp_path / "flagged_server.py"
+    script.write_text(
+        IMAGE_SERVER.replace(
+            'int(os.environ["SERVE_PORT"])', 'int(sys.argv[sys.argv.index("--port") + 1])'
+        ).replace("import json, os", "import json, os, sys")
+    )
+    # The declared port (and the one on the command line) is the loopml server's own port.
+    container = {
+        "imageUri": "example.com/flagged:1",
+        "command": [sys.executable, str(script), "--port", str(srv.port)],
+        "ports": [{"containerPort": srv.port}],
+    }
+    model = {"displayName": "flagged", "containerSpec": container}
+    assert "error" not in call(
+        srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "flagged"}
+    )
+    ep = create_endpoint(srv.url, "flagged-ep")
+    op = _deploy(srv, ep, "flagged")
+    assert op["status"] == 200 and "error" not in op, op
+    r = httpx.post(f"{srv.url}/v1/{ep}:predict", json={"instances": [1]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["AIP_HTTP_PORT"] != str(srv.port)
+    call(
+        srv.url,
+        "POST",
+        f"{ep}:undeployModel",
+        json={"deployedModelId": op["response"]["deployedModel"]["id"]},
+    )

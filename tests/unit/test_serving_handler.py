@@ -77,3 +77,17 @@ def test_malformed_bodies_and_explain() -> None:
     assert [s for s, _ in out] == [400, 400, 400, 400]
     assert orjson.loads(out[3][1])["error"]["status"] == "FAILED_PRECONDITION"
     assert orjson.loads(out[0][1])["error"]["message"].startswith("Malformed JSON")
+
+
+def test_port_rewrite_for_hard_coded_servers() -> None:
+    from loopml.serving.containers import rewrite_port
+
+    assert (
+        rewrite_port(["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8080"], 8080, 9001)[-1] == "9001"
+    )
+    assert rewrite_port(["gunicorn", "-b", "0.0.0.0:8080", "app:app"], 8080, 9001)[2] == "0.0.0.0:9001"
+    assert rewrite_port(["gunicorn", "--bind=:8080", "app:app"], 8080, 9001)[1] == "--bind=:9001"
+    shell = rewrite_port(["/bin/sh", "-c", "exec uvicorn main:app --port 8080 --workers 1"], 8080, 9001)
+    assert shell[2] == "exec uvicorn main:app --port 9001 --workers 1"
+    assert rewrite_port(["python", "serve.py", "8080"], 8080, 9001) == ["python", "serve.py", "8080"]
+    assert rewrite_port(["x", "--port", "8080"], 8080, 8080) == ["x", "--port", "8080"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from pathlib import Path
@@ -37,6 +38,31 @@ def free_port(preferred: int | None = None) -> int:
                 pass
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def rewrite_port(argv: list[str], old: int, new: int) -> list[str]:
+    """Point common server flags (`--port 8080`, `-b 0.0.0.0:8080`, shell forms) at another port.
+
+    Used when the declared container port is taken on this host (e.g. by the loopml server on
+    8080): uvicorn/gunicorn/flask command lines that hard-code it follow AIP_HTTP_PORT instead.
+    """
+    if old == new:
+        return list(argv)
+    o, n = str(old), str(new)
+    flag_re = re.compile(rf"((?:--port|-p)[ =]|(?:--bind|-b)[ =]\S*:)({o})\b")
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if prev in ("--port", "-p") and token == o:
+            token = n
+        elif (prev in ("--bind", "-b") and token.endswith(":" + o)) or (
+            token.startswith(("--port=", "--bind=")) and token.endswith(("=" + o, ":" + o))
+        ):
+            token = token[: -len(o)] + n
+        elif " " in token:  # a shell form: sh -c "uvicorn main:app --port 8080"
+            token = flag_re.sub(lambda m: m.group(1) + n, token)
+        out.append(token)
+    return out
 
 
 def listening_ports(pid: int) -> list[int]:
@@ -106,7 +132,10 @@ class ContainerReplica(Replica):
         env = dict(self.env, AIP_HTTP_PORT=str(self.port))
         self.state = "starting"
         self.close()
-        self._spawn(self.argv, env, self.cwd)
+        argv = self.argv
+        if self.preferred_port and self.port != self.preferred_port:
+            argv = rewrite_port(argv, self.preferred_port, self.port)
+        self._spawn(argv, env, self.cwd)
         deadline = time.monotonic() + self.start_timeout
         last = "no answer yet"
         with httpx.Client(timeout=10.0) as client:
