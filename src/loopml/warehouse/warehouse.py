@@ -11,6 +11,7 @@ Threads: each thread gets its own DuckDB cursor (a connection to the same databa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -53,7 +54,7 @@ _CATALOG_DDL = [
     "CREATE TABLE IF NOT EXISTS _loopml.tables (project VARCHAR, dataset VARCHAR, table_id VARCHAR, "
     "schema VARCHAR, partitioning VARCHAR, description VARCHAR, labels VARCHAR, created_ms BIGINT, "
     "modified_ms BIGINT)",
-    "CREATE TABLE IF NOT EXISTS _loopml.insert_ids (table_key VARCHAR, insert_id VARCHAR, ts DOUBLE)",
+    "CREATE TABLE IF NOT EXISTS _loopml.insert_id_hashes (table_hash BIGINT, id_hash BIGINT, ts DOUBLE)",
 ]
 
 
@@ -72,6 +73,11 @@ def check_name(kind: str, value: Any) -> str:
             }.get(kind, "use letters, digits, underscores and hyphens (max 1024).")
         )
     return value
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash that is the same in every process (insertIds are stored as these)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def table_ref(project: str, dataset: str, table: str) -> str:
@@ -115,7 +121,7 @@ class Warehouse:
         self._exists: dict[tuple[str, str, str], tuple[str, str] | None] = {}
         self._generation = 0
         self._cache_lock = threading.Lock()
-        self._dedup: dict[str, OrderedDict[str, float]] = {}
+        self._dedup: dict[str, OrderedDict[int, float]] = {}
         self._inserts_since_prune = 0
         self.statement_handlers: list[StatementHandler] = []
         self.table_functions: dict[str, TableFunction] = {}
@@ -123,7 +129,7 @@ class Warehouse:
         cur = self.cursor()
         for ddl in _CATALOG_DDL:
             cur.execute(ddl)
-        cur.execute("DELETE FROM _loopml.insert_ids WHERE ts < ?", [time.time() - dedup_window_s])
+        cur.execute("DELETE FROM _loopml.insert_id_hashes WHERE ts < ?", [time.time() - dedup_window_s])
 
     # -- connections -----------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -308,10 +314,13 @@ class Warehouse:
                 where = "WHERE lower(project) = lower(?) AND lower(dataset) = lower(?)"
                 cur.execute(f"DELETE FROM _loopml.datasets {where}", args)
                 cur.execute(f"DELETE FROM _loopml.tables {where}", args)
-                cur.execute(
-                    "DELETE FROM _loopml.insert_ids WHERE starts_with(table_key, ?)",
-                    [f"{project}.{dataset}.".lower()],
-                )
+                if tables:
+                    cur.execute(
+                        "DELETE FROM _loopml.insert_id_hashes WHERE list_contains(?, table_hash)",
+                        [[stable_hash(f"{project}.{dataset}.{t['table']}".lower()) for t in tables]],
+                    )
+                for t in tables:
+                    self._dedup.pop(f"{project}.{dataset}.{t['table']}".lower(), None)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -544,7 +553,7 @@ class Warehouse:
             [project, dataset, table],
         )
         key = f"{project}.{dataset}.{table}".lower()
-        cur.execute("DELETE FROM _loopml.insert_ids WHERE table_key = ?", [key])
+        cur.execute("DELETE FROM _loopml.insert_id_hashes WHERE table_hash = ?", [stable_hash(key)])
         self._dedup.pop(key, None)
         self.invalidate()
 
@@ -633,19 +642,19 @@ class Warehouse:
             return errors
         key = f"{project}.{dataset}.{table}".lower()
         with self._lock:
-            ids: list[str] = []
+            ids: list[int] = []
             if insert_ids is not None:
                 seen = self._seen_ids(key)
                 fresh_rows: list[dict[str, Any]] = []
-                batch: set[str] = set()
+                batch: set[int] = set()
                 for row, index in zip(good, kept, strict=True):
                     rid = insert_ids[index]
                     if rid:
-                        rid = str(rid)
-                        if rid in seen or rid in batch:
+                        h = stable_hash(str(rid))
+                        if h in seen or h in batch:
                             continue
-                        batch.add(rid)
-                        ids.append(rid)
+                        batch.add(h)
+                        ids.append(h)
                     fresh_rows.append(row)
                 good = fresh_rows
                 if not good:
@@ -659,14 +668,16 @@ class Warehouse:
             self._append(project, dataset, table, arrow, key, ids)
         return errors
 
-    def _seen_ids(self, key: str) -> OrderedDict[str, float]:
+    def _seen_ids(self, key: str) -> OrderedDict[int, float]:
+        """Hashes of the insertIds seen recently for a table (loaded once from the catalog)."""
         seen = self._dedup.get(key)
         if seen is None:
             rows = (
                 self.cursor()
                 .execute(
-                    "SELECT insert_id, ts FROM _loopml.insert_ids WHERE table_key = ? AND ts >= ? ORDER BY ts",
-                    [key, time.time() - self.dedup_window_s],
+                    "SELECT id_hash, ts FROM _loopml.insert_id_hashes WHERE table_hash = ? AND ts >= ? "
+                    "ORDER BY ts",
+                    [stable_hash(key), time.time() - self.dedup_window_s],
                 )
                 .fetchall()
             )
@@ -677,7 +688,7 @@ class Warehouse:
         return seen
 
     def _append(
-        self, project: str, dataset: str, table: str, arrow: pa.Table, key: str, ids: list[str]
+        self, project: str, dataset: str, table: str, arrow: pa.Table, key: str, ids: list[int]
     ) -> None:
         cur = self.cursor()
         name = f"__rows_{uuid.uuid4().hex}"
@@ -691,11 +702,16 @@ class Warehouse:
                     f"INSERT INTO {table_ref(project, dataset, table)} ({cols}) SELECT {cols} FROM {name}"
                 )
                 if ids:
+                    n = len(ids)
                     id_table = pa.table(
-                        {"k": pa.array([key] * len(ids)), "i": pa.array(ids), "t": [ts] * len(ids)}
+                        {
+                            "k": pa.repeat(pa.scalar(stable_hash(key), pa.int64()), n),
+                            "i": pa.array(ids, pa.int64()),
+                            "t": pa.repeat(pa.scalar(ts, pa.float64()), n),
+                        }
                     )
                     cur.register(name + "_ids", id_table)
-                    cur.execute(f"INSERT INTO _loopml.insert_ids SELECT k, i, t FROM {name}_ids")
+                    cur.execute(f"INSERT INTO _loopml.insert_id_hashes SELECT k, i, t FROM {name}_ids")
                     cur.unregister(name + "_ids")
                 cur.execute("COMMIT")
             except duckdb.ConstraintException as exc:
@@ -715,7 +731,7 @@ class Warehouse:
         self._inserts_since_prune += 1
         if self._inserts_since_prune >= 1000:
             self._inserts_since_prune = 0
-            cur.execute("DELETE FROM _loopml.insert_ids WHERE ts < ?", [ts - self.dedup_window_s])
+            cur.execute("DELETE FROM _loopml.insert_id_hashes WHERE ts < ?", [ts - self.dedup_window_s])
 
     def read_table_arrow(
         self,
