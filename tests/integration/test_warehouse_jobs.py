@@ -200,6 +200,13 @@ def test_encode_rows_wire_format(wh: Warehouse) -> None:
         ]
     }
     assert rows[1]["f"][0] == {"v": None} and rows[1]["f"][8] == {"v": None} and rows[1]["f"][9] == {"v": []}
+    wh.create_table(P, "ds", "big", [{"name": "n", "type": "BIGNUMERIC"}])
+    assert wh.insert_rows(P, "ds", "big", [{"n": "12345678901234567890.123456789"}, {"n": 100}]) == []
+    cells = [
+        r["f"][0]["v"]
+        for r in encode_rows(wh.read_table_arrow(P, "ds", "big"), [{"name": "n", "type": "NUMERIC"}])
+    ]
+    assert cells == ["12345678901234567890.123456789", "100"]
     float_ts = encode_rows(wh.read_table_arrow(P, "ds", "enc", columns=["ts"]), [schema[3]], int64_ts=False)
     assert float(float_ts[0]["f"][0]["v"]) == 1704067200.0
     decoded = decode_rows(rows, schema)

@@ -15,7 +15,7 @@ import binascii
 import datetime as dt
 import math
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ _US = dt.timedelta(microseconds=1)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMERIC_Q = Decimal("1e-9")
 _NUMERIC_MAX = Decimal("1e29")
+_NUMERIC_CTX = Context(prec=40)
 
 
 class RowError(Exception):
@@ -112,7 +113,7 @@ def _numeric(v: Any, path: str) -> Decimal:
         raise RowError(path, f"Cannot convert value {v!r} to NUMERIC for field {path}.") from None
     if not d.is_finite() or abs(d) >= _NUMERIC_MAX:
         raise RowError(path, f"Value {v!r} is out of range for NUMERIC field {path}.")
-    return d.quantize(_NUMERIC_Q)
+    return d.quantize(_NUMERIC_Q, context=_NUMERIC_CTX)
 
 
 def parse_timestamp_micros(v: Any, path: str = "value") -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +19,8 @@ import pyarrow as pa
 from loopml.errors import InvalidArgument
 from loopml.warehouse.coerce import _EPOCH, _US, RowError, parse_timestamp_micros
 from loopml.warehouse.schema import Field, legacy_type
+
+_WIDE = Context(prec=80)
 
 
 def _ts_micros(value: Any) -> int:
@@ -47,7 +49,7 @@ def _scalar(kind: str, value: Any, int64_ts: bool) -> str:
         return base64.b64encode(value).decode()
     if kind in ("NUMERIC", "BIGNUMERIC"):
         d = value if isinstance(value, Decimal) else Decimal(str(value))
-        return format(d.normalize(), "f")
+        return format(d.normalize(context=_WIDE), "f")
     if kind == "TIMESTAMP":
         micros = _ts_micros(value)
         return str(micros) if int64_ts else repr(micros / 1_000_000)
