@@ -237,3 +237,15 @@ def test_load_csv_and_json(wh: Warehouse) -> None:
     assert wh.read_table_arrow(P, "ds", "loaded").to_pylist() == [{"tax": 7.0, "n": 7}]
     auto = load_data(wh, P, "ds", "auto", b"a,b\n1,x\n2,y\n", {"sourceFormat": "CSV", "autodetect": True})
     assert auto == 2 and [f["type"] for f in wh.get_table_schema(P, "ds", "auto")] == ["INTEGER", "STRING"]
+
+
+def test_close_stops_running_jobs(wh: Warehouse) -> None:
+    jobs = JobManager(wh)
+    job = jobs.submit_query(
+        jobs.new_job(P, None, None, {"query": {"query": "SELECT sum(range % 7) AS s FROM range(5000000000)"}})
+    )
+    deadline = time.monotonic() + 30
+    while job.connection is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    jobs.close(timeout=30)
+    assert job.done and job.error is not None and "cancelled" in job.error.message

@@ -60,8 +60,20 @@ class JobManager:
         self._jobs: OrderedDict[tuple[str, str], Job] = OrderedDict()
         self._lock = threading.Lock()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel queued jobs, interrupt running ones and wait (bounded) before the warehouse closes."""
+        with self._lock:
+            running = [j for j in self._jobs.values() if not j.done]
+        for job in running:
+            job.cancelled = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(j.state == "RUNNING" for j in running):
+            for job in running:
+                conn = job.connection
+                if conn is not None:
+                    conn.interrupt()
+            time.sleep(0.05)
 
     def new_job(
         self, project: str, job_id: str | None, location: str | None, configuration: dict[str, Any]
