@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from loopml.warehouse import Warehouse
 from loopml.warehouse.jobs import JobManager
 from loopml.warehouse.load import load_data
@@ -249,3 +249,38 @@ def test_close_stops_running_jobs(wh: Warehouse) -> None:
         time.sleep(0.01)
     jobs.close(timeout=30)
     assert job.done and job.error is not None and "cancelled" in job.error.message
+
+
+def test_finished_jobs_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "wh.duckdb"
+    wh = Warehouse(path)
+    wh.create_dataset(P, "ds")
+    jobs = JobManager(wh)
+    ok = run(jobs, {"query": "SELECT 1 AS x"})
+    bad = run(jobs, {"query": "SELECT * FROM ds.missing"})
+    ddl = run(jobs, {"query": "CREATE TABLE ds.made AS SELECT 1 AS x"})
+    jobs.close()
+    wh.close()
+    wh = Warehouse(path)
+    jobs = JobManager(wh)
+    try:
+        assert [j.job_id for j in jobs.list(P)] == [ddl.job_id, bad.job_id, ok.job_id]
+        again = jobs.get(P, bad.job_id)
+        assert again.done and isinstance(again.error, NotFound) and "ds.missing" in again.error.message
+        made = jobs.get(P, ddl.job_id)
+        assert made.result is not None and made.result.statement_type == "CREATE_TABLE_AS_SELECT"
+        assert made.result.destination == (P, "ds", "made")
+        with pytest.raises(FailedPrecondition, match="no longer kept"):
+            query_results(
+                jobs.get(P, ok.job_id),
+                max_results=None,
+                page_token=None,
+                start_index=None,
+                int64_ts=True,
+                default_page=10,
+            )
+        with pytest.raises(AlreadyExists):
+            jobs.new_job(P, ok.job_id, None, {"query": {"query": "SELECT 1"}})
+    finally:
+        jobs.close()
+        wh.close()

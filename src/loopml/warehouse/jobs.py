@@ -1,8 +1,9 @@
 """Query and load jobs: run off the caller's thread, kept in memory for result paging.
 
 Jobs run on a small thread pool so the server's event loop stays responsive; the REST layer waits
-for them (long poll) without cancelling them. The newest `keep` jobs are remembered per process;
-older ones (and all jobs after a restart) are gone: `jobs.get` then answers 404.
+for them (long poll) without cancelling them. The newest `keep` jobs are held in memory (the newest
+`keep_results` with their rows); every finished job is also recorded in the catalog (`JobStore`),
+so `jobs.get` and `jobs.list` still know it after a restart, without its rows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loopml.errors import AlreadyExists, InvalidArgument, InvalidQuery, LoopmlError, NotFound
+from loopml.warehouse.jobstore import JobStore
 from loopml.warehouse.rows import decode_parameters
 from loopml.warehouse.types import QueryResult
 from loopml.warehouse.warehouse import Warehouse, now_ms
@@ -59,6 +61,7 @@ class JobManager:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bq-job")
         self._jobs: OrderedDict[tuple[str, str], Job] = OrderedDict()
         self._lock = threading.Lock()
+        self.store = JobStore(warehouse)
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel queued jobs, interrupt running ones and wait (bounded) before the warehouse closes."""
@@ -74,6 +77,9 @@ class JobManager:
                 if conn is not None:
                     conn.interrupt()
             time.sleep(0.05)
+        futures = [j.future for j in running if j.future is not None and not j.future.cancelled()]
+        if futures:
+            concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
 
     def new_job(
         self, project: str, job_id: str | None, location: str | None, configuration: dict[str, Any]
@@ -82,8 +88,9 @@ class JobManager:
         if not isinstance(job_id, str) or not set(job_id) <= JOB_ID_CHARS or len(job_id) > 1024:
             raise InvalidArgument(f"Invalid job ID {job_id!r}: use letters, digits, underscores and dashes.")
         job = Job(project, job_id, location or "US", configuration, created_ms=now_ms())
+        recorded = self.store.exists(project, job_id)
         with self._lock:
-            if (project, job_id) in self._jobs:
+            if (project, job_id) in self._jobs or recorded:
                 raise AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}")
             self._jobs[(project, job_id)] = job
             while len(self._jobs) > self.keep:
@@ -122,6 +129,7 @@ class JobManager:
                 job.connection = None
                 job.ended_ms = now_ms()
                 job.state = "DONE"
+            self.store.save(job)
 
         job.future = self._pool.submit(run)
         return job
@@ -170,13 +178,19 @@ class JobManager:
         with self._lock:
             job = self._jobs.get((project, job_id))
         if job is None:
+            job = self.store.get(project, job_id)
+        if job is None:
             raise NotFound(f"Not found: Job {project}:{job_id}")
         return job
 
     def list(self, project: str) -> list[Job]:
+        """Newest first: the jobs in memory, then those only recorded in the catalog."""
         with self._lock:
             jobs = [j for (p, _), j in self._jobs.items() if p == project]
-        return list(reversed(jobs))
+        jobs.reverse()
+        known = {j.job_id for j in jobs}
+        jobs.extend(j for j in self.store.list(project, self.keep) if j.job_id not in known)
+        return jobs[: self.keep]
 
     def cancel(self, project: str, job_id: str) -> Job:
         job = self.get(project, job_id)
@@ -200,6 +214,7 @@ class JobManager:
             time.sleep(0.05)
 
     def wait(self, job: Job, timeout: float | None) -> bool:
-        if job.future is not None and not job.done:
+        """Wait until the job is done and recorded."""
+        if job.future is not None:
             concurrent.futures.wait([job.future], timeout=timeout)
         return job.done
