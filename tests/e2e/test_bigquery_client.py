@@ -236,3 +236,16 @@ def test_export_data_through_the_client(client: bigquery.Client, server: Any, si
     ).result()
     shard = server.home / "buckets" / "hyp-bucket" / "export" / "train" / "000000000000.csv"
     assert shard.read_text().splitlines() == ["event,user_id", "add_to_cart,UID00003", "view_item,UID00003"]
+
+
+def test_destination_table_and_selected_fields(client: bigquery.Client, sink: str) -> None:
+    dest = f"{P}.ecommerce_sink.purchases"
+    cfg = bigquery.QueryJobConfig(destination=dest, write_disposition="WRITE_TRUNCATE")
+    client.query(
+        f"SELECT user_id, ecommerce.purchase.value AS value FROM `{sink}` WHERE event = 'purchase'",
+        job_config=cfg,
+    ).result()
+    table = client.get_table(dest)
+    assert table.num_rows == 2
+    rows = list(client.list_rows(table, selected_fields=[table.schema[1]]))
+    assert sorted(r.value for r in rows) == [35.43, 1000000.1] and list(rows[0].keys()) == ["value"]
