@@ -209,6 +209,8 @@ def install(app: FastAPI, platform: Platform) -> None:
         raw = body.get("rows") or []
         if not isinstance(raw, list):
             raise InvalidArgument("insertAll: rows must be a list.")
+        if not raw:
+            raise InvalidArgument("No rows present in the request.")
         rows: list[Any] = [r.get("json") if isinstance(r, dict) else None for r in raw]
         ids = [r.get("insertId") if isinstance(r, dict) else None for r in raw]
         errors = await run_in_threadpool(
