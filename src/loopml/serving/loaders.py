@@ -168,10 +168,8 @@ class SklearnPredictor:
         rows = check_rows(instances, self.n_features, self.feature_names)
         if not rows:
             return []
-        x = as_matrix(rows)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return to_native(self.model.predict(x))  # type: ignore[no-any-return]
+        # "X does not have valid feature names" warnings are silenced once per replica process.
+        return to_native(self.model.predict(as_matrix(rows)))  # type: ignore[no-any-return]
 
 
 def load_sklearn(artifact_dir: Path, spec: DeployedModelSpec) -> SklearnPredictor:

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,20 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
             return None
         got += k
     return bytes(buf)
+
+
+def _tune_for_serving() -> None:
+    """Process-wide settings that make per-request library overhead smaller in a replica.
+
+    JSON cannot carry NaN or infinities, so scikit-learn's finiteness scan is skipped; warnings
+    such as "X does not have valid feature names" are silenced once here rather than per call.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
+    warnings.filterwarnings("ignore", message=".*does not have valid feature names.*")
+    if "sklearn" in sys.modules:
+        import sklearn
+
+        sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
 
 
 def load(config: dict[str, Any]) -> Any:
@@ -70,6 +85,7 @@ def serve(config: dict[str, Any]) -> None:
 
     started = time.monotonic()
     predictor = load(config)
+    _tune_for_serving()
     handler = BatchHandler(predictor, config["meta"])
     info: dict[str, Any] = {"pid": os.getpid(), "framework": config["spec"]["framework"]}
     describe = getattr(predictor, "describe", None)
