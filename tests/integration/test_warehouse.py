@@ -255,3 +255,18 @@ def test_concurrent_inserts_and_reads(wh: Warehouse) -> None:
         t.join()
     assert errors == []
     assert wh.get_table(P, "ds", "t")["num_rows"] == 80
+
+
+def test_integer_strings_and_repeated_timestamps(wh: Warehouse) -> None:
+    wh.create_table(P, "ds", "t", [{"name": "n", "type": "INTEGER"}, {"name": "ts", "type": "TIMESTAMP"}])
+    rows = [
+        {"n": "007", "ts": "2020-11-16 12:00:00"},
+        {"n": "-5", "ts": "2020-11-16 12:00:00"},
+        {"n": "99999999999999999999", "ts": "2020-11-16 12:00:01+01:00"},
+        {"n": "1.0", "ts": "bad"},
+    ]
+    errors = wh.insert_rows(P, "ds", "t", rows, skip_invalid=True)
+    assert [(e["index"], e["errors"][0]["location"]) for e in errors] == [(2, "n"), (3, "ts")]
+    got = wh.read_table_arrow(P, "ds", "t").to_pylist()
+    assert [r["n"] for r in got] == [7, -5]
+    assert {r["ts"] for r in got} == {dt.datetime(2020, 11, 16, 12, tzinfo=dt.UTC)}

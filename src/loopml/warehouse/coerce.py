@@ -152,6 +152,24 @@ def _timestamp(v: Any, path: str) -> int:
     return parse_timestamp_micros(v, path)
 
 
+def _cached_timestamps(size: int = 4096) -> Conv:
+    """TIMESTAMP conversion remembering recent strings (events of one second share theirs)."""
+    memo: dict[str, int] = {}
+
+    def conv(v: Any, path: str) -> int:
+        if type(v) is str:
+            hit = memo.get(v)
+            if hit is None:
+                hit = parse_timestamp_micros(v, path)
+                if len(memo) >= size:
+                    memo.clear()
+                memo[v] = hit
+            return hit
+        return parse_timestamp_micros(v, path)
+
+    return conv
+
+
 def _iso(kind: str, parse: Callable[[str], Any]) -> Conv:
     def conv(v: Any, path: str) -> Any:
         if isinstance(v, str):
@@ -208,7 +226,8 @@ class RowConverter:
         self.ignore_unknown = ignore_unknown
         self.names = [f["name"] for f in schema]
         self.arrow_schema = pa.schema([pa.field(f["name"], arrow_type(f)) for f in schema])
-        self._convert_one = compile_converter(schema, _SCALARS, RowError, ignore_unknown=ignore_unknown)
+        scalars = dict(_SCALARS, TIMESTAMP=_cached_timestamps())
+        self._convert_one = compile_converter(schema, scalars, RowError, ignore_unknown=ignore_unknown)
 
     def convert_one(self, row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """One row with every value coerced to its column type; raises RowError."""

@@ -67,6 +67,13 @@ class _Compiler:
             sub = self.record(field["fields"])
             lines.append(f"{indent}if type({var}) is not dict: not_record({var}, {path})")
             lines.append(f"{indent}{var} = {sub}({var}, {path} + '.')")
+        elif kind == "INTEGER":  # JSON numbers, and the digit strings streaming clients often send
+            lines.append(f"{indent}if not ({_FAST[kind].format(v=var)}):")
+            lines.append(
+                f"{indent}    if type({var}) is str and len({var}) < 19 and {var}.isascii() and {var}.isdigit(): "
+                f"{var} = int({var})"
+            )
+            lines.append(f"{indent}    else: {var} = S_{kind}({var}, {path})")
         elif kind in _FAST:
             lines.append(f"{indent}if not ({_FAST[kind].format(v=var)}): {var} = S_{kind}({var}, {path})")
         else:
