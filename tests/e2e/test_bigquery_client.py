@@ -249,3 +249,19 @@ def test_destination_table_and_selected_fields(client: bigquery.Client, sink: st
     assert table.num_rows == 2
     rows = list(client.list_rows(table, selected_fields=[table.schema[1]]))
     assert sorted(r.value for r in rows) == [35.43, 1000000.1] and list(rows[0].keys()) == ["value"]
+
+
+def test_extract_table(client: bigquery.Client, server: Any, sink: str) -> None:
+    client.query(
+        "CREATE OR REPLACE TABLE ecommerce_sink.to_extract AS SELECT event, ecommerce.purchase.value AS value "
+        f"FROM `{sink}` WHERE event = 'purchase' ORDER BY value"
+    ).result()
+    job = client.extract_table(f"{P}.ecommerce_sink.to_extract", "gs://hyp-bucket/extract/purchases-*.csv")
+    job.result()
+    assert job.destination_uri_file_counts == [1]
+    shard = server.home / "buckets" / "hyp-bucket" / "extract" / "purchases-000000000000.csv"
+    assert shard.read_text().splitlines() == ["event,value", "purchase,35.43", "purchase,1000000.1"]
+    cfg = bigquery.ExtractJobConfig(destination_format="NEWLINE_DELIMITED_JSON")
+    client.extract_table(sink, "gs://hyp-bucket/extract/events.json", job_config=cfg).result()
+    events = (server.home / "buckets" / "hyp-bucket" / "extract" / "events.json").read_text().splitlines()
+    assert len(events) == 4 and json.loads(events[0])["ecommerce"] is not None

@@ -20,6 +20,7 @@ from loopml.errors import InvalidArgument
 from loopml.platform import Platform
 from loopml.warehouse import Warehouse
 from loopml.warehouse import resources as res
+from loopml.warehouse.export import extract_table
 from loopml.warehouse.jobs import Job, JobManager
 from loopml.warehouse.load import load_data
 from loopml.warehouse.types import QueryResult
@@ -266,16 +267,24 @@ def install(app: FastAPI, platform: Platform) -> None:
         config = body.get("configuration") or {}
         if not isinstance(config, dict) or "query" not in config:
             raise InvalidArgument(
-                "Only query jobs (configuration.query) can be inserted here; load data through "
-                "/upload/bigquery/v2/projects/{project}/jobs."
+                "Only query and extract jobs can be inserted here; load data through "
+                "/upload/bigquery/v2/projects/{project}/jobs (copy jobs are not supported)."
             )
         job = jobs.new_job(project, ref.get("jobId"), ref.get("location"), config)
         return jobs.submit_query(job)
 
+    async def _start_job(project: str, body: dict[str, Any]) -> Job:
+        config = body.get("configuration") or {}
+        if isinstance(config, dict) and isinstance(config.get("extract"), dict):
+            ref = body.get("jobReference") or {}
+            job = jobs.new_job(project, ref.get("jobId"), ref.get("location"), config)
+            return jobs.submit(job, lambda j: extract_table(wh, project, config["extract"]))
+        return await _start_query(project, body)
+
     @app.post(PREFIX + "/jobs")
     async def insert_job(project: str, request: Request) -> Response:
         body = _body_dict(await read_json(request))
-        job = await _start_query(project, body)
+        job = await _start_job(project, body)
         await wait_job(job, insert_wait)
         return json_response(res.job_resource(job))
 

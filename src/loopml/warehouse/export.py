@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from loopml.errors import FailedPrecondition, InvalidQuery
+from loopml.errors import FailedPrecondition, InvalidArgument, InvalidQuery
 from loopml.warehouse.coerce import _EPOCH
 from loopml.warehouse.types import QueryResult
 
@@ -108,35 +108,84 @@ def export_data(wh: Warehouse, tree: exp.Export, result: QueryResult) -> QueryRe
         raise InvalidQuery("EXPORT DATA needs OPTIONS(uri='gs://bucket/path/*.csv', format=...).")
     if uri.count("*") != 1:
         raise InvalidQuery(f"EXPORT DATA uri {uri!r} must contain exactly one '*' wildcard.")
-    fmt = str(opts.get("format") or "CSV").upper()
+    write_shards(
+        wh,
+        uri,
+        result.table,
+        fmt=str(opts.get("format") or "CSV"),
+        header=bool(opts.get("header", False)),
+        delimiter=str(opts.get("field_delimiter") or ","),
+        overwrite=bool(opts.get("overwrite", False)),
+    )
+    return QueryResult.empty("EXPORT_DATA", num_dml_affected_rows=None)
+
+
+def write_shards(
+    wh: Warehouse, uri: str, table: pa.Table, *, fmt: str, header: bool, delimiter: str, overwrite: bool
+) -> list[str]:
+    """Write `table` to `uri` (one `*` → 12-digit shard numbers; none → exactly that file)."""
+    fmt = fmt.upper()
     if fmt == "NEWLINE_DELIMITED_JSON":
         fmt = "JSON"
     if fmt not in FORMATS or fmt == "AVRO":
-        raise InvalidQuery(f"EXPORT DATA format {fmt!r} is not supported: use CSV, JSON or PARQUET.")
+        raise InvalidQuery(f"Export format {fmt!r} is not supported: use CSV, JSON or PARQUET.")
     if wh.artifacts is None:
-        raise FailedPrecondition("EXPORT DATA needs an artifact store; this warehouse has none.")
-    header = bool(opts.get("header", False))
-    delimiter = str(opts.get("field_delimiter") or ",")
+        raise FailedPrecondition("Exports need an artifact store; this warehouse has none.")
     if len(delimiter) != 1:
-        raise InvalidQuery("EXPORT DATA field_delimiter must be one character.")
+        raise InvalidQuery("The field delimiter of an export must be one character.")
+    if uri.count("*") > 1:
+        raise InvalidQuery(f"Export URI {uri!r} may contain at most one '*' wildcard.")
+    if "*" not in uri:
+        path = wh.artifacts.resolve(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_shard(path, table, fmt, header, delimiter)
+        return [uri]
     prefix, suffix = uri.split("*")
-    target_dir = wh.artifacts.resolve(prefix.rsplit("/", 1)[0] + "/") if "/" in prefix else None
-    if target_dir is None:
-        raise InvalidQuery(f"EXPORT DATA uri {uri!r} is not a bucket path.")
-    name_prefix = prefix.rsplit("/", 1)[1]
+    if "/" not in prefix.split("://", 1)[-1]:
+        raise InvalidQuery(f"Export URI {uri!r} needs a bucket: gs://bucket/path/*.csv.")
+    base, name_prefix = prefix.rsplit("/", 1)
+    target_dir = wh.artifacts.resolve(base + "/")
     target_dir.mkdir(parents=True, exist_ok=True)
     existing = [p for p in target_dir.iterdir() if p.is_file() and p.name.startswith(name_prefix)]
-    if existing and not opts.get("overwrite", False):
+    if existing and not overwrite:
         raise InvalidQuery(
-            f"EXPORT DATA destination {uri} is not empty ({len(existing)} file(s)); use overwrite=true."
+            f"Export destination {uri} is not empty ({len(existing)} file(s)); use overwrite=true."
         )
     for p in existing:
         if p.name.endswith(suffix):
             p.unlink()
-    table = result.table
     shards = max(1, -(-table.num_rows // SHARD_ROWS))
+    written = []
     for i in range(shards):
-        part = table.slice(i * SHARD_ROWS, SHARD_ROWS)
-        path = target_dir / f"{name_prefix}{i:012d}{suffix}"
-        _write_shard(path, part, fmt, header, delimiter)
-    return QueryResult.empty("EXPORT_DATA", num_dml_affected_rows=None)
+        name = f"{name_prefix}{i:012d}{suffix}"
+        _write_shard(target_dir / name, table.slice(i * SHARD_ROWS, SHARD_ROWS), fmt, header, delimiter)
+        written.append(f"{prefix}{i:012d}{suffix}")
+    return written
+
+
+def extract_table(wh: Warehouse, project: str, config: dict[str, Any]) -> QueryResult:
+    """An extract job (`client.extract_table`): a whole table to files in the artifact store."""
+    src = config.get("sourceTable") or {}
+    p, d, t = src.get("projectId") or project, src.get("datasetId"), src.get("tableId")
+    if not d or not t:
+        raise InvalidArgument("configuration.extract.sourceTable needs datasetId and tableId.")
+    uris = config.get("destinationUris") or (
+        [config["destinationUri"]] if config.get("destinationUri") else []
+    )
+    if not uris or not all(isinstance(u, str) for u in uris):
+        raise InvalidArgument("configuration.extract.destinationUris must list at least one gs:// URI.")
+    if str(config.get("compression") or "NONE").upper() != "NONE":
+        raise InvalidArgument("Compressed extracts are not supported: leave compression unset (NONE).")
+    table = wh.read_table_arrow(str(p), str(d), str(t))
+    written = write_shards(
+        wh,
+        uris[0],
+        table,
+        fmt=str(config.get("destinationFormat") or "CSV"),
+        header=config.get("printHeader", True) is not False,
+        delimiter=str(config.get("fieldDelimiter") or ","),
+        overwrite=True,
+    )
+    return QueryResult.empty(
+        "EXTRACT", num_dml_affected_rows=len(written), destination=(str(p), str(d), str(t))
+    )

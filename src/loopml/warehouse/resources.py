@@ -99,7 +99,7 @@ def job_status(job: Job) -> dict[str, Any]:
 
 def job_resource(job: Job) -> dict[str, Any]:
     config = dict(job.configuration)
-    job_type = "LOAD" if "load" in config else "QUERY"
+    job_type = "LOAD" if "load" in config else "EXTRACT" if "extract" in config else "QUERY"
     config["jobType"] = job_type
     stats: dict[str, Any] = {"creationTime": str(job.created_ms), "totalBytesProcessed": "0"}
     if job.started_ms:
@@ -121,6 +121,8 @@ def job_resource(job: Job) -> dict[str, Any]:
             if result.statement_type == "SELECT":
                 q["totalRows"] = str(result.total_rows)
         stats["query"] = q
+    elif result is not None and job_type == "EXTRACT":
+        stats["extract"] = {"destinationUriFileCounts": [str(result.num_dml_affected_rows or 0)]}
     elif result is not None:
         stats["load"] = {"outputRows": str(result.num_dml_affected_rows or 0), "inputFiles": "1"}
     return {
