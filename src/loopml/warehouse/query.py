@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from loopml.errors import AlreadyExists, InvalidQuery, LoopmlError, NotFound
 from loopml.warehouse import translate
+from loopml.warehouse.infoschema import information_schema
 from loopml.warehouse.schema import quote_ident, schema_from_arrow
 from loopml.warehouse.types import QueryContext, QueryResult, TableFunctionArgs
 
@@ -72,7 +73,9 @@ def _run_statement(wh: Warehouse, stmt: translate.Statement, script: str, ctx: Q
 
 def _resolve_tables(
     wh: Warehouse, tree: exp.Expression, ctx: QueryContext, *, skip_missing: bool = False
-) -> None:
+) -> list[tuple[exp.Table, pa.Table]]:
+    """Point every table at its DuckDB schema; INFORMATION_SCHEMA views come back as Arrow tables."""
+    virtual: list[tuple[exp.Table, pa.Table]] = []
     ctes = translate.cte_names(tree)
     for table in list(tree.find_all(exp.Table)):
         if not isinstance(table.this, exp.Identifier):
@@ -86,12 +89,16 @@ def _resolve_tables(
             p.name for p in (table.args.get("catalog"), table.args.get("db"), table.this) if p is not None
         ]
         p, d, t = ctx.resolve(parts, "table")
+        if t.upper().startswith("INFORMATION_SCHEMA."):
+            virtual.append((table, information_schema(wh, p, d, t.split(".", 1)[1].upper())))
+            continue
         if not skip_missing and not wh.table_exists(p, d, t):
             wh.get_dataset(p, d)
             raise NotFound(f"Not found: Table {p}:{d}.{t} was not found in location US")
         table.set("catalog", None)
         table.set("db", exp.to_identifier(f"{p}.{d}", quoted=True))
         table.set("this", exp.to_identifier(t, quoted=True))
+    return virtual
 
 
 def _target(tree: exp.Expression, ctx: QueryContext) -> tuple[str, str, str]:
@@ -175,7 +182,7 @@ def _execute(
             raise AlreadyExists("Already Exists: Table {}:{}.{}".format(*target))
     elif not isinstance(tree, exp.Query):
         target = _target(tree, ctx)
-    _resolve_tables(wh, tree, ctx, skip_missing=isinstance(tree, exp.Create))
+    virtual = _resolve_tables(wh, tree, ctx, skip_missing=isinstance(tree, exp.Create))
     if isinstance(tree, exp.Query):
         translate.name_anonymous_columns(tree)
     elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
@@ -184,6 +191,15 @@ def _execute(
     params = _bind_params(tree, ctx)
     cur = wh.cursor()
     registered = _run_table_functions(wh, cur, tree, calls, ctx)
+    for table, arrow in virtual:
+        name = f"__is_{uuid.uuid4().hex}"
+        cur.register(name, arrow)
+        registered.append(name)
+        if not table.alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name.split(".")[-1].lower())))
+        table.set("catalog", None)
+        table.set("db", None)
+        table.set("this", exp.to_identifier(name, quoted=True))
     try:
         sql = tree.sql("duckdb")
         if isinstance(tree, exp.Query):
