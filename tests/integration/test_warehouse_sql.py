@@ -334,12 +334,16 @@ def test_unnamed_columns_are_f0_f1(wh: Warehouse) -> None:
 def test_information_schema(wh: Warehouse) -> None:
     wh.query("CREATE VIEW ds.v AS SELECT id FROM ds.trips", project=P)
     assert q(wh, "SELECT table_name, table_type FROM ds.INFORMATION_SCHEMA.TABLES ORDER BY table_name") == [
-        {"table_name": "trips", "table_type": "BASE TABLE"}, {"table_name": "v", "table_type": "VIEW"}
+        {"table_name": "trips", "table_type": "BASE TABLE"},
+        {"table_name": "v", "table_type": "VIEW"},
     ]
-    cols = q(wh, "SELECT column_name, data_type, is_nullable FROM `proj-a.ds.INFORMATION_SCHEMA.COLUMNS` "
-                 "WHERE table_name = 'trips' ORDER BY ordinal_position")
+    cols = q(
+        wh,
+        "SELECT column_name, data_type, is_nullable FROM `proj-a.ds.INFORMATION_SCHEMA.COLUMNS` "
+        "WHERE table_name = 'trips' ORDER BY ordinal_position",
+    )
     assert cols[0] == {"column_name": "id", "data_type": "INT64", "is_nullable": "YES"}
     assert cols[6]["data_type"] == "STRUCT<inner STRUCT<tax FLOAT64>>"
     assert cols[7] == {"column_name": "tags", "data_type": "ARRAY<STRING>", "is_nullable": "NO"}
-    with pytest.raises(InvalidQuery, match="INFORMATION_SCHEMA.JOBS"):
+    with pytest.raises(InvalidQuery, match=r"INFORMATION_SCHEMA\.JOBS"):
         q(wh, "SELECT * FROM ds.INFORMATION_SCHEMA.JOBS")
