@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import random
 import shutil
@@ -40,6 +41,16 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("loopml.access")
 
 
+def _freeze_heap() -> None:
+    """Move everything allocated so far out of the cyclic GC's reach (`gc.freeze()`).
+
+    A full collection of the server's start-up heap (~160k objects) takes ~90 ms, a pause that
+    lands on whatever predictions are in flight: it was the whole p99 at concurrency 32. Frozen
+    objects are still freed by reference counting; only cycle detection skips them.
+    """
+    gc.freeze()
+
+
 class ServingService(FactoryMixin, ScalingMixin):
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
@@ -64,6 +75,7 @@ class ServingService(FactoryMixin, ScalingMixin):
     async def start(self) -> None:
         self._bind_loop()
         self._setup_access_log()
+        _freeze_heap()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._monitor_loop()))
         self._tasks.append(loop.create_task(self._autoscale_loop()))
@@ -76,6 +88,7 @@ class ServingService(FactoryMixin, ScalingMixin):
                 await task
         self._tasks.clear()
         await asyncio.to_thread(self.close)
+        gc.unfreeze()  # let the final collection see everything again
         buffer = self._access_buffer
         if buffer is not None:
             access_log.removeHandler(buffer)
@@ -180,6 +193,7 @@ class ServingService(FactoryMixin, ScalingMixin):
             self.router.rebuild(spec.endpoint_name)
         for r in ready:
             rt.replica_ready(r)
+        _freeze_heap()
         log.info(
             "deployed model %s (%s %s@%s) on %s: %d replica(s) ready",
             spec.deployed_model_id,
