@@ -14,7 +14,7 @@ import pytest
 from sklearn.tree import DecisionTreeClassifier
 
 from loopml.config import Settings
-from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
+from loopml.errors import FailedPrecondition, InvalidArgument, LoopmlError, NotFound
 from loopml.platform import Platform
 from loopml.serving.service import ServingService
 from loopml.serving.spec import DeployedModelSpec, EndpointSpec
@@ -186,3 +186,30 @@ def test_unknown_framework_and_failed_load(platform: Platform) -> None:
     with pytest.raises(FailedPrecondition, match="exited while loading the model"):
         svc.deploy(_spec("777", "sklearn", art))
     assert svc.status("777")["availableReplicaCount"] == 0
+
+
+def test_undeploy_drains_in_flight_requests(platform: Platform) -> None:
+    svc: ServingService = platform.services["serving"]
+    code = (
+        "import time\n"
+        "class Slow:\n"
+        "    def predict(self, instances):\n"
+        "        time.sleep(0.3)\n"
+        "        return [len(instances)]\n"
+    )
+    manifest = json.dumps({"framework": "python", "predictor": "slow:Slow"})
+    art = _snapshot(platform, "slow", {"slow.py": code, "loopml_model.json": manifest})
+
+    async def run() -> None:
+        await asyncio.to_thread(svc.deploy, _spec("888", "python", art))
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"888": 100}))
+        calls = [asyncio.ensure_future(svc.predict(EP, [i])) for i in range(4)]
+        await asyncio.sleep(0.1)  # all four are queued or in flight
+        await asyncio.to_thread(svc.undeploy, "888")
+        results = await asyncio.gather(*calls)
+        assert [r["predictions"] for r in results] == [[1]] * 4
+        assert svc.status("888")["availableReplicaCount"] == 0
+        with pytest.raises(LoopmlError):
+            await svc.predict(EP, [1])
+
+    asyncio.run(run())
