@@ -265,3 +265,12 @@ def test_extract_table(client: bigquery.Client, server: Any, sink: str) -> None:
     client.extract_table(sink, "gs://hyp-bucket/extract/events.json", job_config=cfg).result()
     events = (server.home / "buckets" / "hyp-bucket" / "extract" / "events.json").read_text().splitlines()
     assert len(events) == 4 and json.loads(events[0])["ecommerce"] is not None
+
+
+def test_dry_run(client: bigquery.Client, sink: str) -> None:
+    cfg = bigquery.QueryJobConfig(dry_run=True, use_query_cache=False)
+    job = client.query(f"SELECT event, COUNT(*) AS n FROM `{sink}` GROUP BY event", job_config=cfg)
+    assert job.state == "DONE" and job.total_bytes_processed == 0
+    assert [f.name for f in job.schema] == ["event", "n"]
+    with pytest.raises(gexc.BadRequest, match="Unrecognized name: nope"):
+        client.query(f"SELECT nope FROM `{sink}`", job_config=cfg)

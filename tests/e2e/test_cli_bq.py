@@ -64,6 +64,8 @@ def test_bq_commands(cli: CliRunner, tmp_path: Path) -> None:
         cli, "query", "--use_legacy_sql=false", "SELECT COUNT(*) AS n FROM `bq-proj.shop.cloud_run`"
     )
     assert "4" in pretty and "n" in pretty
+    checked = invoke(cli, "query", "--dry_run", "SELECT label, COUNT(*) AS n FROM shop.t GROUP BY label")
+    assert "Query successfully validated." in checked and "|- n: integer" in checked
     assert "Number of affected rows: 1" in invoke(cli, "query", "DELETE FROM shop.t WHERE label = 'anomaly'")
 
     head = json.loads(invoke(cli, "head", "-n", "1", "--format=json", "shop.cloud_run"))

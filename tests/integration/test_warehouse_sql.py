@@ -347,3 +347,23 @@ def test_information_schema(wh: Warehouse) -> None:
     assert cols[7] == {"column_name": "tags", "data_type": "ARRAY<STRING>", "is_nullable": "NO"}
     with pytest.raises(InvalidQuery, match=r"INFORMATION_SCHEMA\.JOBS"):
         q(wh, "SELECT * FROM ds.INFORMATION_SCHEMA.JOBS")
+
+
+def test_dry_run_checks_without_running(wh: Warehouse) -> None:
+    r = wh.dry_run(
+        "SELECT zone, COUNT(*) FROM ds.trips WHERE fare > @min GROUP BY zone", project=P, params={"min": 1}
+    )
+    assert r.total_rows == 0 and [f["name"] for f in r.schema] == ["zone", "f0_"]
+    assert r.schema[1]["type"] == "INTEGER"
+    assert wh.dry_run("DELETE FROM ds.trips WHERE TRUE", project=P).statement_type == "DELETE"
+    assert wh.get_table(P, "ds", "trips")["num_rows"] == 3  # nothing ran
+    with pytest.raises(NotFound):
+        wh.dry_run("SELECT * FROM ds.nope", project=P)
+    with pytest.raises(InvalidQuery, match=r"\[1:13\]"):
+        wh.dry_run("SELECT FROM WHERE", project=P)
+    with pytest.raises(InvalidQuery, match="Unrecognized name: nosuch"):
+        wh.dry_run("SELECT nosuch FROM ds.trips", project=P)
+    assert (
+        wh.dry_run("SELECT table_name FROM ds.INFORMATION_SCHEMA.TABLES", project=P).schema[0]["name"]
+        == "table_name"
+    )

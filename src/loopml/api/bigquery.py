@@ -286,6 +286,8 @@ def install(app: FastAPI, platform: Platform) -> None:
         body = _body_dict(await read_json(request))
         job = await _start_job(project, body)
         await wait_job(job, insert_wait)
+        if job.configuration.get("dryRun") and job.error is not None:
+            raise job.error  # BigQuery answers a failed dry run with the error itself
         return json_response(res.job_resource(job))
 
     @app.get(PREFIX + "/jobs")
@@ -352,8 +354,11 @@ def install(app: FastAPI, platform: Platform) -> None:
             for k in ("query", "useLegacySql", "defaultDataset", "parameterMode", "queryParameters")
             if k in body
         }
+        config: dict[str, Any] = {"query": qcfg}
+        if body.get("dryRun"):
+            config["dryRun"] = True
         job = await _start_query(
-            project, {"jobReference": {"location": body.get("location")}, "configuration": {"query": qcfg}}
+            project, {"jobReference": {"location": body.get("location")}, "configuration": config}
         )
         if not await wait_job(job, _timeout(body.get("timeoutMs"))):
             return json_response(

@@ -129,6 +129,7 @@ def query(
         "false", "--use_legacy_sql", help="Accepted for bq compatibility (`--use_legacy_sql=false`)."
     ),
     nouse_legacy_sql: bool = typer.Option(False, "--nouse_legacy_sql", help="bq's spelling of the default."),
+    dry_run: bool = typer.Option(False, "--dry_run", help="Only validate the query and show its schema."),
 ) -> None:
     """Run a query and print its rows (DDL/DML print what they did)."""
     from loopml.warehouse.rows import decode_rows
@@ -144,6 +145,8 @@ def query(
     }
     if dataset_id:
         body["defaultDataset"] = {"projectId": p, "datasetId": dataset_id}
+    if dry_run:
+        body["dryRun"] = True
     with cli_errors(), _client() as client:
         result = client.json("POST", f"{BASE}/{p}/queries", json=body)
         while not result.get("jobComplete"):
@@ -159,6 +162,11 @@ def query(
                 },
             )
     fields = (result.get("schema") or {}).get("fields") or []
+    if dry_run:
+        typer.echo("Query successfully validated.")
+        if fields:
+            typer.echo("Schema:\n" + "\n".join(_schema_lines(fields)))
+        return
     if not fields:
         if "numDmlAffectedRows" in result:
             typer.echo(f"Number of affected rows: {result['numDmlAffectedRows']}")

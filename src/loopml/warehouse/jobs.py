@@ -147,6 +147,10 @@ class JobManager:
         default = cfg.get("defaultDataset") or {}
         params = decode_parameters(cfg.get("parameterMode"), cfg.get("queryParameters"))
         project = default.get("projectId") or job.project
+        if job.configuration.get("dryRun"):
+            return self.warehouse.dry_run(
+                sql, project=project, default_dataset=default.get("datasetId"), params=params
+            )
         result = self.warehouse.query(
             sql, project=project, default_dataset=default.get("datasetId"), params=params
         )

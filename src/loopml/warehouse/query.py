@@ -53,6 +53,68 @@ def run(
     return result
 
 
+_ML_STATEMENT_RE = re.compile(r"^\s*(CREATE|DROP|EXPORT|ALTER)\b[^;]*?\bMODEL\b", re.I)
+
+
+def dry_run(
+    wh: Warehouse,
+    sql: str,
+    *,
+    project: str,
+    default_dataset: str | None = None,
+    params: dict[str, Any] | list[Any] | None = None,
+) -> QueryResult:
+    """Validate without running: parse, resolve tables and, for a query, find its result schema."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidQuery("Syntax error: the query is empty.")
+    ctx = QueryContext(warehouse=wh, project=project, default_dataset=default_dataset, params=params)
+    statements = translate.split_statements(sql)
+    result = QueryResult.empty("SCRIPT")
+    for stmt in statements:
+        text, calls = translate.extract_table_functions(
+            stmt.text, set(wh.table_functions), lambda parts, kind: ctx.resolve(parts, kind)
+        )
+        parsed, error = translate.try_parse(text)
+        if parsed is None:
+            match = _ML_STATEMENT_RE.match(stmt.text)
+            if match and wh.statement_handlers:  # BigQuery ML statements are checked when they run
+                result = QueryResult.empty(f"{match.group(1).upper()}_MODEL")
+                continue
+            assert error is not None
+            raise translate.parse_error_to_invalid(error, script=sql, offset=stmt.offset)
+        virtual = _resolve_tables(wh, parsed, ctx, skip_missing=isinstance(parsed, exp.Create))
+        if isinstance(parsed, exp.Query) and not calls:
+            translate.name_anonymous_columns(parsed)
+            translate.rewrite_functions(parsed)
+            bound = _bind_params(parsed, ctx)
+            cur = wh.cursor()
+            names = []
+            for table, arrow in virtual:
+                name = f"__is_{uuid.uuid4().hex}"
+                cur.register(name, arrow.slice(0, 0))
+                names.append(name)
+                table.set("db", None)
+                table.set("this", exp.to_identifier(name, quoted=True))
+            try:
+                limited = exp.select("*").from_(parsed.subquery("q")).limit(0)
+                arrow = cur.sql(limited.sql("duckdb"), params=bound).to_arrow_table()
+            except duckdb.Error as exc:
+                raise _duckdb_error(exc, sql, stmt) from exc
+            finally:
+                for name in names:
+                    cur.unregister(name)
+            result = QueryResult(schema=schema_from_arrow(arrow.schema), table=arrow, statement_type="SELECT")
+        else:
+            kind = str(parsed.args.get("kind", "")).upper()
+            result = QueryResult.empty(
+                _DML.get(type(parsed))
+                or {exp.Export: "EXPORT_DATA", exp.Drop: f"DROP_{kind}", exp.Create: f"CREATE_{kind}"}.get(
+                    type(parsed), "SELECT"
+                )
+            )
+    return result
+
+
 def _run_statement(wh: Warehouse, stmt: translate.Statement, script: str, ctx: QueryContext) -> QueryResult:
     parsed, error = translate.try_parse(stmt.text)
     for handler in wh.statement_handlers:

@@ -120,6 +120,8 @@ def job_resource(job: Job) -> dict[str, Any]:
                 q["ddlTargetTable"] = {"projectId": p, "datasetId": d, "tableId": t}
             if result.statement_type == "SELECT":
                 q["totalRows"] = str(result.total_rows)
+            if config.get("dryRun") and result.schema:
+                q["schema"] = {"fields": legacy_schema(result.schema)}
         stats["query"] = q
     elif result is not None and job_type == "EXTRACT":
         stats["extract"] = {"destinationUriFileCounts": [str(result.num_dml_affected_rows or 0)]}

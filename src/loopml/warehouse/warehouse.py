@@ -54,3 +54,14 @@ class Warehouse(RowsMixin):
     ) -> QueryResult:
         """Run GoogleSQL (one statement or a script); the result of the last statement."""
         return query_mod.run(self, sql, project=project, default_dataset=default_dataset, params=params)
+
+    def dry_run(
+        self,
+        sql: str,
+        *,
+        project: str,
+        default_dataset: str | None = None,
+        params: dict[str, Any] | list[Any] | None = None,
+    ) -> QueryResult:
+        """Check GoogleSQL without running it; a query's result has its schema and no rows."""
+        return query_mod.dry_run(self, sql, project=project, default_dataset=default_dataset, params=params)
