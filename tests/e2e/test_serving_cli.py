@@ -20,10 +20,10 @@ from tests.e2e.serving_helpers import (
 )
 
 
-def _cli(srv: Any, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(srv: Any, *args: str, command: str = "traffic") -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, LOOPML_URL=srv.url, LOOPML_PROJECT="p", LOOPML_LOCATION="us-central1")
     return subprocess.run(
-        [sys.executable, "-m", "loopml", "endpoints", "traffic", *args],
+        [sys.executable, "-m", "loopml", "endpoints", command, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -65,6 +65,15 @@ def test_canary_and_rollback(server: Any) -> None:
     assert r.returncode == 0 and "churn@2" in r.stdout and "100" in r.stdout
     r = _cli(server, "cli-ep", "churn=60")
     assert r.returncode == 1 and "several deployed versions" in r.stderr
+
+    r = _cli(server, "cli-ep", "--json", command="replicas")
+    assert r.returncode == 0, r.stderr
+    statuses = {s["deployedModelId"]: s for s in json.loads(r.stdout)}
+    assert set(statuses) == {dm1, dm2}
+    for status in statuses.values():
+        assert status["availableReplicaCount"] == 1
+        (replica,) = status["replicas"]
+        assert replica["state"] == "ready" and replica["pid"] > 0 and replica["log"].endswith(".log")
 
 
 def httpx_post(url: str, ep: str, rows: list[list[float]]) -> dict[str, Any]:

@@ -193,6 +193,8 @@ def delete(
 # -- `loopml endpoints traffic` -------------------------------------------------------------------
 # SERVE adds the traffic command here (decorate with @endpoints_app.command("traffic")); it can use
 # make_client(...).set_traffic(endpoint, split) and print_table/output from loopml.cli._common.
+from loopml.cli.traffic import replicas as _replicas_cmd  # noqa: E402
 from loopml.cli.traffic import traffic as _traffic  # noqa: E402
 
 endpoints_app.command("traffic")(_traffic)
+endpoints_app.command("replicas")(_replicas_cmd)

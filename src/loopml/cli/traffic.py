@@ -1,4 +1,5 @@
-"""`loopml endpoints traffic ENDPOINT [MODEL=PCT ...]`: show or change an endpoint's traffic split.
+"""`loopml endpoints traffic ENDPOINT [MODEL=PCT ...]`: show or change an endpoint's traffic split;
+`loopml endpoints replicas ENDPOINT`: the replicas behind each deployed model.
 
 MODEL is a deployed model id or a model reference deployed on the endpoint: `churn` (when only
 one version of it is deployed), `churn@2` or `churn@challenger`. Examples::
@@ -128,4 +129,40 @@ def traffic(
         rows,
         [("DEPLOYED MODEL", "id"), ("MODEL", "model"), ("DISPLAY NAME", "name"), ("TRAFFIC %", "pct")],
         title=f"traffic of {short(ep.get('name'))}",
+    )
+
+
+def replicas(
+    endpoint: str = typer.Argument(..., help="Endpoint id or resource name."),
+    project: str = PROJECT,
+    location: str = LOCATION,
+    as_json: bool = JSON,
+) -> None:
+    """Show the replicas of every deployed model: state, pid, restarts, in flight, log file."""
+    with cli_errors():
+        client = make_client(project, location)
+        ep = client.get_endpoint(endpoint)
+        name = str(ep.get("name"))
+        statuses = [
+            client.json("GET", f"/v1/{name}/deployedModels/{d['id']}/replicas")
+            for d in ep.get("deployedModels") or []
+        ]
+    if as_json:
+        print_json(statuses)
+        return
+    rows = [{"dm": s["deployedModelId"], **r} for s in statuses for r in s.get("replicas", [])]
+    print_table(
+        rows,
+        [
+            ("DEPLOYED MODEL", "dm"),
+            ("REPLICA", "id"),
+            ("KIND", "kind"),
+            ("STATE", "state"),
+            ("PID", "pid"),
+            ("RESTARTS", "restarts"),
+            ("IN FLIGHT", "inflight"),
+            ("SERVED", "served"),
+            ("LOG", "log"),
+        ],
+        title=f"replicas of {short(name)}",
     )
