@@ -274,3 +274,18 @@ def test_dry_run(client: bigquery.Client, sink: str) -> None:
     assert [f.name for f in job.schema] == ["event", "n"]
     with pytest.raises(gexc.BadRequest, match="Unrecognized name: nope"):
         client.query(f"SELECT nope FROM `{sink}`", job_config=cfg)
+
+
+def test_view_through_tables_insert(client: bigquery.Client, sink: str) -> None:
+    view = bigquery.Table(f"{P}.ecommerce_sink.purchases_view")
+    view.view_query = (
+        f"SELECT user_id, ecommerce.purchase.value AS value FROM `{sink}` WHERE event = 'purchase'"
+    )
+    created = client.create_table(view)
+    assert created.table_type == "VIEW"
+    rows = list(client.query_and_wait("SELECT COUNT(*) AS n FROM ecommerce_sink.purchases_view"))
+    assert rows[0].n == 2
+    bad = bigquery.Table(f"{P}.ecommerce_sink.bad_view")
+    bad.view_query = "SELECT FROM WHERE"
+    with pytest.raises(gexc.BadRequest, match="Syntax error"):
+        client.create_table(bad)

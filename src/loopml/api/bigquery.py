@@ -162,6 +162,14 @@ def install(app: FastAPI, platform: Platform) -> None:
             raise InvalidArgument(
                 f"tableReference.datasetId {ref['datasetId']!r} does not match {dataset!r}."
             )
+        view = body.get("view") or {}
+        if isinstance(view, dict) and view.get("query"):
+            if view.get("useLegacySql") is True:
+                raise InvalidArgument("Legacy SQL views are not supported: set view.useLegacySql=false.")
+            created = await run_in_threadpool(
+                wh.create_view, project, dataset, str(ref.get("tableId") or ""), str(view["query"])
+            )
+            return json_response(res.table_resource(created))
         info = await run_in_threadpool(
             lambda: wh.create_table(
                 project,

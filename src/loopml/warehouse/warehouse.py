@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlglot import exp
+
+from loopml.errors import AlreadyExists, InvalidQuery
 from loopml.warehouse import query as query_mod
+from loopml.warehouse import translate
 from loopml.warehouse.base import (
     DATASET_RE,
     PARTITION_TYPES,
@@ -65,3 +69,23 @@ class Warehouse(RowsMixin):
     ) -> QueryResult:
         """Check GoogleSQL without running it; a query's result has its schema and no rows."""
         return query_mod.dry_run(self, sql, project=project, default_dataset=default_dataset, params=params)
+
+    def create_view(self, project: str, dataset: str, view: str, sql: str) -> dict[str, Any]:
+        """A view from a GoogleSQL query (tables.insert with `view.query`)."""
+        check_name("table", view)
+        if self.table_exists(project, dataset, view):
+            raise AlreadyExists(f"Already Exists: Table {project}:{dataset}.{view}")
+        parsed, error = translate.try_parse(sql)
+        if parsed is None:
+            assert error is not None
+            raise translate.parse_error_to_invalid(error, sql, 0)
+        if not isinstance(parsed, exp.Query):
+            raise InvalidQuery("A view is defined by a query (SELECT ...).")
+        target = exp.Table(
+            this=exp.to_identifier(view, quoted=True),
+            db=exp.to_identifier(dataset, quoted=True),
+            catalog=exp.to_identifier(project, quoted=True),
+        )
+        create = exp.Create(kind="VIEW", this=target, expression=parsed)
+        self.query(create.sql("bigquery"), project=project)
+        return self.get_table(project, dataset, view)
