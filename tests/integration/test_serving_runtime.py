@@ -213,3 +213,26 @@ def test_undeploy_drains_in_flight_requests(platform: Platform) -> None:
             await svc.predict(EP, [1])
 
     asyncio.run(run())
+
+
+def test_python_predictor_requirements_get_their_own_env(platform: Platform) -> None:
+    svc: ServingService = platform.services["serving"]
+    code = (
+        "import sys, numpy\n"
+        "class WhereAmI:\n"
+        "    def predict(self, instances):\n"
+        "        return [sys.prefix for _ in instances]\n"
+    )
+    manifest = json.dumps(
+        {"framework": "python", "predictor": "where:WhereAmI", "requirements": ["numpy>=1.20"]}
+    )
+    art = _snapshot(platform, "where", {"where.py": code, "loopml_model.json": manifest})
+
+    async def run() -> None:
+        await asyncio.to_thread(svc.deploy, _spec("999", "python", art))
+        svc.set_endpoint(EndpointSpec(EP, "ep1", "ep", {"999": 100}))
+        prefix = (await svc.predict(EP, [1]))["predictions"][0]
+        assert Path(prefix).parent == platform.settings.resolved_home() / "envs" / "predictors"
+        await asyncio.to_thread(svc.undeploy, "999")
+
+    asyncio.run(run())

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,7 @@ class FactoryMixin:
         fields = dataclasses.asdict(spec)
         fields["artifact_dir"] = str(spec.artifact_dir)
         config = {
+            "python": self._replica_python(spec),
             "factory": ref,
             "artifact_dir": str(spec.artifact_dir),
             "store_root": str(self.artifacts.root),
@@ -107,6 +110,30 @@ class FactoryMixin:
             return replica
 
         return make
+
+    def _replica_python(self, spec: DeployedModelSpec) -> str:
+        """The interpreter of a built-in replica: ours, or for a Python predictor whose manifest
+        lists `requirements`, a venv layered on ours with them installed (cached by their hash)."""
+        if spec.framework != "python" or spec.artifact_dir is None:
+            return sys.executable
+        from loopml.serving.python_predictor import read_manifest
+
+        reqs = read_manifest(Path(spec.artifact_dir)).get("requirements") or []
+        if not isinstance(reqs, list) or not all(isinstance(r, str) and r.strip() for r in reqs):
+            raise FailedPrecondition(
+                'loopml_model.json "requirements" must be a list of requirement strings.'
+            )
+        if not reqs:
+            return sys.executable
+        from loopml.training.runtime import layered_env
+
+        key = hashlib.sha256("\n".join([sys.executable, *sorted(reqs)]).encode()).hexdigest()[:24]
+        home = self.settings.resolved_home()
+        log_path = home / "logs" / "replicas" / f"{spec.deployed_model_id}-env.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as logf:
+            packages: Any = list(reqs)  # pip takes requirement strings as well as sdist paths
+            return layered_env(home / "envs" / "predictors" / key, sys.executable, packages, logf)
 
     def _container_factory(self, spec: DeployedModelSpec, timeout: float) -> Any:
         cs = spec.container_spec or {}

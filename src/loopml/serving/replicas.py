@@ -267,9 +267,16 @@ class ProcessReplica(Replica):
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self.state = "starting"
-        self._spawn(
-            [sys.executable, "-m", "loopml.serving.replica", "--config", str(config_path)], base_env()
-        )
+        python = str(self.config.get("python") or sys.executable)
+        env = base_env()
+        if python != sys.executable:
+            # A layered env sees our site-packages through a .pth, but not the .pth files in
+            # them (an editable install of loopml is one): put loopml itself on the path.
+            import loopml
+
+            root = str(Path(loopml.__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        self._spawn([python, "-m", "loopml.serving.replica", "--config", str(config_path)], env)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if not self.alive():
