@@ -2,7 +2,7 @@
 
 The artifact directory holds a manifest `loopml_model.json` and the predictor's module::
 
-    {"framework": "python", "predictor": "predictor:Predictor"}
+    {"framework": "python", "predictor": "predictor:Predictor", "requirements": ["..."]}
 
 `predictor:Predictor` names a module file in the artifact directory (`predictor.py`; dotted names
 map to sub-directories) and a class in it. The class is instantiated without arguments and then
@@ -15,7 +15,8 @@ called as (every method but `load` and `predict` is optional)::
         def postprocess(self, predictions) -> list: ...         # per request; JSON-native result
         def explain(self, instances, parameters=None) -> list:  # enables :explain
 
-A predictor is not batched across requests unless the class sets `batchable = True`. The module
+`requirements` (optional) makes the replicas run in a venv layered on loopml's, with them
+installed (see `FactoryMixin._replica_python`). A predictor is not batched across requests unless the class sets `batchable = True`. The module
 is loaded from the immutable snapshot of the artifacts taken at upload, so a deployed version
 never changes under a running endpoint.
 """
