@@ -70,8 +70,16 @@ class FactoryMixin:
             )
 
     def _socket_dir(self) -> Path:
+        """`$LOOPML_HOME/run/sockets` (stale sockets of a killed server are replaced), or a
+        private temporary directory when that path is too long for Unix socket names."""
         if self._sock_dir is None:
-            self._sock_dir = Path(tempfile.mkdtemp(prefix="loopml-sock-"))
+            candidate = self.settings.resolved_home() / "run" / "sockets"
+            if len(str(candidate)) <= 80:
+                candidate.mkdir(parents=True, exist_ok=True)
+                candidate.chmod(0o700)
+                self._sock_dir = candidate
+            else:
+                self._sock_dir = Path(tempfile.mkdtemp(prefix="loopml-sock-"))
         return self._sock_dir
 
     def _replica_factory(self, spec: DeployedModelSpec) -> Any:
