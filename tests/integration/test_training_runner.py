@@ -256,6 +256,9 @@ def test_stop_ends_running_jobs(tmp_path: Path) -> None:
     platform = _platform(tmp_path)
     service: TrainingService = platform.services["training"]
     service.runner.grace_s = 1.0
+    # Other fixtures of the session (the PostgreSQL server, module-scoped loopml servers) may
+    # have children of their own: only what this test started must be gone.
+    before = {c.pid for c in psutil.Process(os.getpid()).children(recursive=True)}
     service.runner.start()
     pidfile = tmp_path / "gc.pid"
     job = service.create_custom_job(P, L, command_job(_spawn_grandchild_code(pidfile)))
@@ -266,6 +269,8 @@ def test_stop_ends_running_jobs(tmp_path: Path) -> None:
     assert "server stopped" in body["error"]["message"]
     assert _gone(grandchild)
     assert not [
-        c for c in psutil.Process(os.getpid()).children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE
+        c
+        for c in psutil.Process(os.getpid()).children(recursive=True)
+        if c.pid not in before and c.status() != psutil.STATUS_ZOMBIE
     ]
     platform.db.dispose()
