@@ -2,7 +2,10 @@
 
 Entry points (`loopml server`, tests) call `Platform.open(settings)`; services are constructed
 here and handed their dependencies explicitly. Subsystems register start/stop hooks for their
-background workers; `start()` runs them in order and `stop()` in reverse.
+background workers; `start()` runs them in order and `stop()` in reverse. "Ready" hooks
+(`on_ready`) run after the start hooks; the server runs them in the background once it accepts
+connections (replaying deployments can need the server itself: a custom container that loads its
+model over loopml's Cloud Storage API), and `/healthz` answers 200 only when they are done.
 
 Dependency order of the packages (a module imports only from earlier ones):
 errors/config/logs/refs → metadata → artifacts → envs → registry → ingest → warehouse → sqlml
@@ -12,8 +15,10 @@ errors/config/logs/refs → metadata → artifacts → envs → registry → ing
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +39,12 @@ class Platform:
         self.artifacts = ArtifactStore(settings.resolved_artifact_root())
         self._start_hooks: list[tuple[str, Hook]] = []
         self._stop_hooks: list[tuple[str, Hook]] = []
+        self._ready_hooks: list[tuple[str, Hook]] = []
+        self._ready_task: asyncio.Task[None] | None = None
         self.services: dict[str, Any] = {}
+        # Set when the platform begins to stop; long ready hooks check it between steps.
+        self.stopping = threading.Event()
+        self.ready = asyncio.Event()
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Platform:
@@ -52,14 +62,42 @@ class Platform:
     def on_stop(self, name: str, hook: Hook) -> None:
         self._stop_hooks.append((name, hook))
 
-    async def start(self) -> None:
+    def on_ready(self, name: str, hook: Hook) -> None:
+        """A hook run after every start hook; the server does not report healthy before it ends."""
+        self._ready_hooks.append((name, hook))
+
+    async def start(self, *, background: bool = False) -> None:
+        """Run the start hooks, then the ready hooks (in a background task when `background`)."""
         for name, hook in self._start_hooks:
             log.debug("starting %s", name)
             result = hook()
             if inspect.isawaitable(result):
                 await result
+        if background:
+            self._ready_task = asyncio.create_task(self._run_ready_hooks())
+        else:
+            await self._run_ready_hooks()
+
+    async def _run_ready_hooks(self) -> None:
+        for name, hook in self._ready_hooks:
+            if self.stopping.is_set():
+                return
+            log.debug("readying %s", name)
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("error while readying %s", name)
+        self.ready.set()
 
     async def stop(self) -> None:
+        self.stopping.set()
+        if self._ready_task is not None and not self._ready_task.done():
+            # Ready hooks stop at their next step; wait (bounded) so none races the stop hooks.
+            done, _ = await asyncio.wait({self._ready_task}, timeout=60)
+            if not done:
+                log.warning("start-up work still running at shutdown; stopping anyway")
         for name, hook in reversed(self._stop_hooks):
             try:
                 result = hook()

@@ -135,5 +135,7 @@ def build(platform: Platform) -> None:
     platform.on_start("batch", batch.start)
     platform.on_stop("batch", batch.stop)
     # -- replay stored endpoints into the serving backend (after every service is built) -----
-    platform.on_start("endpoints-replay", platform.services["endpoints"].replay)
+    # In the background once the server accepts connections (see Platform.on_ready).
+    endpoints = platform.services["endpoints"]
+    platform.on_ready("endpoints-replay", lambda: endpoints.replay(platform.stopping))
     return None

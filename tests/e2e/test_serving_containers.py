@@ -313,3 +313,76 @@ def test_hard_coded_port_taken_by_the_server_is_rewritten(srv: Any, tmp_path: Pa
         f"{ep}:undeployModel",
         json={"deployedModelId": op["response"]["deployedModel"]["id"]},
     )
+
+
+# A server that, like the workshops' predictors, reads its model over loopml's own Cloud Storage
+# API (STORAGE_EMULATOR_HOST) before it listens: it needs the loopml server to be serving.
+FETCHING_SERVER = r"""
+import json, os, urllib.parse, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+bucket, _, prefix = os.environ["AIP_STORAGE_URI"][len("gs://"):].partition("/")
+name = urllib.parse.quote(prefix.rstrip("/") + "/weight.txt", safe="")
+url = f"{os.environ['STORAGE_EMULATOR_HOST']}/storage/v1/b/{bucket}/o/{name}?alt=media"
+WEIGHT = float(urllib.request.urlopen(url, timeout=30).read())
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200, b"{}")
+
+    def do_POST(self):
+        data = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        self._send(200, json.dumps({"predictions": [WEIGHT * sum(i) for i in data["instances"]]}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["AIP_HTTP_PORT"])), Handler).serve_forever()
+"""
+
+
+def test_restart_replays_a_container_that_loads_over_the_storage_api(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    srv = server_factory()
+    script = tmp_path / "fetching_server.py"
+    script.write_text(FETCHING_SERVER)
+    art = srv.home / "buckets" / "ctr-bucket" / "fetching"
+    art.mkdir(parents=True)
+    (art / "weight.txt").write_text("2.5")
+    model = {
+        "displayName": "fetching",
+        "artifactUri": "gs://ctr-bucket/fetching",
+        "containerSpec": {"imageUri": "example.com/fetching:1", "command": [sys.executable, str(script)]},
+    }
+    op = call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "fetching"})
+    assert op["done"] and "error" not in op, op
+    ep = create_endpoint(srv.url, "fetching-ep")
+    assert _deploy(srv, ep, "fetching").get("done")
+    predict = {"instances": [[1, 1]]}
+    assert call(srv.url, "POST", f"{ep}:predict", json=predict)["predictions"] == [5.0]
+
+    # The replay of this deployment needs the server's own storage API: the server must answer
+    # while it replays, and report healthy only once the deployment serves again.
+    started = time.monotonic()
+    srv.restart()
+    assert time.monotonic() - started < 60, "restart took too long: the replay blocked start-up"
+    assert call(srv.url, "POST", f"{ep}:predict", json=predict)["predictions"] == [5.0]
+    assert replica_count(srv.url, ep, call(srv.url, "GET", ep)["deployedModels"][0]["id"]) == 1
+    call(
+        srv.url,
+        "POST",
+        f"{ep}:undeployModel",
+        json={"deployedModelId": call(srv.url, "GET", ep)["deployedModels"][0]["id"]},
+    )

@@ -68,7 +68,7 @@ def error_response(request: Request, status: int, message: str, status_name: str
 def create_app(platform: Platform) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await platform.start()
+        await platform.start(background=True)
         _app.state.ready = True
         try:
             yield
@@ -126,7 +126,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
-        if not app.state.ready:
+        if not app.state.ready or not platform.ready.is_set():
             return json_response({"status": "starting"}, 503)
         return json_response({"status": "ok"})
 

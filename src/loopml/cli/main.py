@@ -15,7 +15,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """loopml: the whole ML loop on one machine, with the Vertex AI and BigQuery APIs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -306,37 +307,62 @@ class EndpointService(EndpointUpdates):
         return op
 
     # -- replay ------------------------------------------------------------------------------
-    async def replay(self) -> None:
-        """Push every stored endpoint and deployment into the serving backend (server start)."""
+    async def replay(self, stopping: threading.Event | None = None) -> None:
+        """Push every stored endpoint and deployment into the serving backend (server start).
+
+        Every endpoint is known (with no deployments) before the first deployment starts, so a
+        request during replay gets a clear answer; `stopping` ends the replay between deployments.
+        """
         if self.serving() is None:
             return
-        await asyncio.to_thread(self._replay_sync)
+        await asyncio.to_thread(self._replay_sync, stopping or threading.Event())
 
-    def _replay_sync(self) -> None:
+    def _replay_sync(self, stopping: threading.Event | None = None) -> None:
+        stopping = stopping or threading.Event()
         backend = self.serving()
         if backend is None:
             return
+        # The API is already serving: each endpoint is replayed under its own lock from a fresh
+        # read, so a deploy or undeploy that races the replay is neither lost nor doubled.
         with self.db.session() as session:
-            rows = session.scalars(
+            keys = session.execute(
+                select(
+                    EndpointRow.pk, EndpointRow.project, EndpointRow.location, EndpointRow.endpoint_id
+                ).order_by(EndpointRow.pk)
+            ).all()
+        names = {pk: f"projects/{p}/locations/{loc}/endpoints/{e}" for pk, p, loc, e in keys}
+        for pk, name in names.items():
+            with self._lock(name):
+                plan = self._replay_plan(pk)
+                if plan is not None:
+                    self._safe(lambda e=plan[0]: backend.set_endpoint(e))
+        for pk, name in names.items():
+            if stopping.is_set():
+                log.info("server stopping: replay of stored deployments ended early")
+                return
+            with self._lock(name):
+                plan = self._replay_plan(pk)
+                if plan is None:
+                    continue
+                _, specs, full = plan
+                for spec in specs:
+                    log.info("replaying deployment %s on %s", spec.deployed_model_id, spec.endpoint_name)
+                    self._safe(lambda s=spec: backend.deploy(s))
+                self._safe(lambda f=full: backend.set_endpoint(f))
+
+    def _replay_plan(self, pk: int) -> tuple[Any, list[Any], Any] | None:
+        """(endpoint with no deployments, its deployment specs, the full endpoint), read afresh."""
+        with self.db.session() as session:
+            row = session.scalars(
                 select(EndpointRow)
+                .where(EndpointRow.pk == pk)
                 .options(
                     selectinload(EndpointRow.deployed_models)
                     .selectinload(DeployedModelRow.model_version)
                     .selectinload(ModelVersionRow.model)
                 )
-                .order_by(EndpointRow.pk)
-            ).all()
-            plan = [
-                (
-                    dep.endpoint_spec(r, {}),
-                    [dep.deployed_model_spec(r, d) for d in r.deployed_models],
-                    dep.endpoint_spec(r),
-                )
-                for r in rows
-            ]
-        for empty, specs, full in plan:
-            self._safe(lambda e=empty: backend.set_endpoint(e))
-            for spec in specs:
-                log.info("replaying deployment %s on %s", spec.deployed_model_id, spec.endpoint_name)
-                self._safe(lambda s=spec: backend.deploy(s))
-            self._safe(lambda f=full: backend.set_endpoint(f))
+            ).first()
+            if row is None:
+                return None
+            specs = [dep.deployed_model_spec(row, d) for d in row.deployed_models]
+            return dep.endpoint_spec(row, {}), specs, dep.endpoint_spec(row)
