@@ -190,10 +190,14 @@ def test_replicas_die_with_a_killed_server(server_factory: Any, tmp_path: Path) 
     assert len(pids) == 2
     srv.kill()  # SIGKILL: the server cannot clean up; PR_SET_PDEATHSIG takes the replicas down
 
+    def alive(pid: int) -> bool:
+        try:  # a process can exit between any two of these calls
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def all_gone() -> bool:
-        return not any(
-            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids
-        )
+        return not any(alive(p) for p in pids)
 
     wait_for(all_gone, timeout=20)
 
