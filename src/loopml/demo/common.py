@@ -108,6 +108,25 @@ class Api:
         response: dict[str, Any] = op.get("response") or {}
         return response
 
+    def endpoint_with(self, display_name: str, model: str, max_replicas: int) -> tuple[str, str]:
+        """Create an endpoint and deploy `model` on it with all traffic; (endpoint, deployed id)."""
+        parent = f"projects/{PROJECT}/locations/{LOCATION}"
+        endpoint = self.operation("POST", f"/v1/{parent}/endpoints", json={"displayName": display_name})
+        resources = {
+            "machineSpec": {"machineType": "n1-standard-2"},
+            "minReplicaCount": 1,
+            "maxReplicaCount": max_replicas,
+        }
+        deployed = self.operation(
+            "POST",
+            f"/v1/{endpoint['name']}:deployModel",
+            json={
+                "deployedModel": {"model": model, "dedicatedResources": resources},
+                "trafficSplit": {"0": 100},
+            },
+        )
+        return str(endpoint["name"]), str(deployed["deployedModel"]["id"])
+
     def query(self, sql: str) -> list[dict[str, Any]]:
         """jobs.query, waiting until done; rows as dicts (nested records not decoded)."""
         body = {"query": sql, "useLegacySql": False, "timeoutMs": 600_000}

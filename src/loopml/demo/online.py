@@ -67,26 +67,11 @@ def online_prediction(api: Api, console: Console, summary: Summary) -> None:
         },
     )
     console.print(f"registered {uploaded['model']} version {uploaded['modelVersionId']}")
-    endpoint = api.operation("POST", f"/v1/{parent}/endpoints", json={"displayName": "wine-endpoint"})
-    deployed = api.operation(
-        "POST",
-        f"/v1/{endpoint['name']}:deployModel",
-        json={
-            "deployedModel": {
-                "model": uploaded["model"],
-                "dedicatedResources": {
-                    "machineSpec": {"machineType": "n1-standard-2"},
-                    "minReplicaCount": 1,
-                    "maxReplicaCount": 2,
-                },
-            },
-            "trafficSplit": {"0": 100},
-        },
-    )
-    console.print(f"deployed to {endpoint['name']} as deployed model {deployed['deployedModel']['id']}")
+    endpoint, deployed_id = api.endpoint_with("wine-endpoint", uploaded["model"], max_replicas=2)
+    console.print(f"deployed to {endpoint} as deployed model {deployed_id}")
 
     sample = x_test[:8].tolist()
-    out = api.call("POST", f"/v1/{endpoint['name']}:predict", json={"instances": sample})
+    out = api.call("POST", f"/v1/{endpoint}:predict", json={"instances": sample})
     served = [int(p) for p in out["predictions"]]
     local = [int(p) for p in model.predict(np.array(sample))]
     if served != local:
@@ -99,12 +84,12 @@ def online_prediction(api: Api, console: Console, summary: Summary) -> None:
     own = (time.perf_counter() - start) / n * 1000
     start = time.perf_counter()
     for row in rows:
-        api.call("POST", f"/v1/{endpoint['name']}:predict", json={"instances": [row]})
+        api.call("POST", f"/v1/{endpoint}:predict", json={"instances": [row]})
     per = (time.perf_counter() - start) / n * 1000
     console.print(
         f"{n} single-instance requests, one after another: {per:.2f} ms each "
         f"(the forest itself takes {own:.2f} ms per row in this process)"
     )
-    summary.add("wine model", f"{uploaded['model']} on {endpoint['name']}")
+    summary.add("wine model", f"{uploaded['model']} on {endpoint}")
     summary.add("wine test accuracy", f"{accuracy:.3f}")
     summary.add("online round trip (sequential)", f"{per:.2f} ms/request, model {own:.2f} ms")

@@ -161,25 +161,10 @@ def workload1(api: Api, console: Console, summary: Summary, n_events: int, url: 
 
     parent = f"projects/{PROJECT}/locations/{LOCATION}"
     model = api.call("GET", f"/v1/{parent}/models/anomaly_detection@demo")
-    endpoint = api.operation("POST", f"/v1/{parent}/endpoints", json={"displayName": "my_hyp_endpoint"})
-    api.operation(
-        "POST",
-        f"/v1/{endpoint['name']}:deployModel",
-        json={
-            "deployedModel": {
-                "model": model["name"],
-                "dedicatedResources": {
-                    "machineSpec": {"machineType": "n1-standard-2"},
-                    "minReplicaCount": 1,
-                    "maxReplicaCount": 1,
-                },
-            },
-            "trafficSplit": {"0": 100},
-        },
-    )
+    endpoint, _ = api.endpoint_with("my_hyp_endpoint", model["name"], max_replicas=1)
     out = api.call(
         "POST",
-        f"/v1/{endpoint['name']}:predict",
+        f"/v1/{endpoint}:predict",
         json={
             "instances": [
                 {"tax": 4.9, "shipping": 5.99, "value": 35.43},
@@ -201,7 +186,7 @@ def workload1(api: Api, console: Console, summary: Summary, n_events: int, url: 
         json={
             "topic": topic,
             "loopmlInferenceConfig": {
-                "endpoint": endpoint["name"],
+                "endpoint": endpoint,
                 "filter": 'event = "purchase"',
                 "instanceFields": {
                     "tax": "ecommerce.purchase.tax",
@@ -233,7 +218,7 @@ def workload1(api: Api, console: Console, summary: Summary, n_events: int, url: 
         f"{flagged} flagged as anomalies (exactly the anomalous ones)"
     )
     summary.add("events ingested", f"{n_events + more:,}")
-    summary.add("k-means model", f"{model['name']}@demo on {endpoint['name']}")
+    summary.add("k-means model", f"{model['name']}@demo on {endpoint}")
     summary.add("anomalies flagged in the stream", f"{flagged} of {len(new_purchases)} purchases")
 
 
