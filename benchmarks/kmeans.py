@@ -121,7 +121,7 @@ def markdown(data: dict[str, Any]) -> str:
         "| data | loopml CREATE MODEL s | scikit-learn s | ratio | mean sq. distance loopml | sklearn |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, c in data["cases"].items():
+    for c in data["cases"].values():
         lines.append(
             f"| {c['dimensions']} features, {c['clusters']} clusters | {c['loopml_median_s']:.2f} | "
             f"{c['sklearn_median_s']:.2f} | {c['ratio_loopml_to_sklearn']:.2f} | "
