@@ -212,6 +212,35 @@ def test_bad_requests_are_4xx_and_write_nothing(
     assert api.state() == before
 
 
+def test_unsafe_artifact_trees_are_refused_and_leave_nothing(
+    server: ServerProcess, api: Api, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.pkl"
+    outside.write_bytes(b"not in the store")
+    linked = server.home / "buckets" / "reg-bucket" / "linked-out"
+    linked.mkdir(parents=True)
+    (linked / "model.joblib").symlink_to(outside)
+    dangling = tmp_path / "local-model"
+    dangling.mkdir()
+    (dangling / "model.joblib").write_bytes(b"x")
+    (dangling / "extra").symlink_to(tmp_path / "missing")
+    registry = server.home / "registry"
+
+    def files() -> set[Path]:
+        return set(registry.rglob("*")) if registry.exists() else set()
+
+    before, registry_before = api.state(), files()
+    for uri, match in (
+        ("gs://reg-bucket/linked-out", "links out of its bucket"),
+        (str(dangling), "dangling"),
+    ):
+        body = {"model": {"displayName": "x", "artifactUri": uri, "containerSpec": {"imageUri": SKLEARN}}}
+        r = api.http.post(f"{PARENT}/models:upload", json=body)
+        assert r.status_code == 400, r.text
+        assert match in r.json()["error"]["message"]
+    assert api.state() == before and files() == registry_before
+
+
 def test_deploy_rules_over_http(server: ServerProcess, api: Api) -> None:
     upload(api, save_sklearn(server.home, "d1"), modelId="dep")
     op = api.req("POST", f"{PARENT}/endpoints", params={"endpointId": "ep1"}, json={"displayName": "ep1"})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,68 @@ def test_snapshot_is_a_copy(tmp_path: Path) -> None:
     assert (snap / "model.joblib").read_bytes() == b"abc"
     assert store.is_inside(snap)
     assert store.list("gs://bkt/model") == ["gs://bkt/model/model.joblib"]
+
+
+def _no_partials(store: ArtifactStore) -> bool:
+    return not any(p.name.endswith(".partial") for p in store.registry_dir.rglob("*"))
+
+
+def test_snapshot_refuses_a_link_out_of_the_bucket_deep_inside(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    secret = tmp_path / "outside" / "secret.pkl"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not yours")
+    model = store.resolve("gs://bkt/model")
+    model.mkdir(parents=True)
+    (model / "model.joblib").symlink_to(secret)
+    with pytest.raises(InvalidArgument, match="links out of its bucket"):
+        store.snapshot("gs://bkt/model", "m", "1")
+    (model / "model.joblib").unlink()
+    (model / "sub").symlink_to(secret.parent, target_is_directory=True)
+    with pytest.raises(InvalidArgument, match="links out of its bucket"):
+        store.snapshot("gs://bkt/model", "m", "1")
+    assert not (store.registry_dir / "m" / "1").exists() and _no_partials(store)
+
+
+def test_snapshot_follows_links_that_stay_in_the_bucket(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    shared = store.resolve("gs://bkt/shared/weights.bin")
+    shared.parent.mkdir(parents=True)
+    shared.write_bytes(b"w")
+    model = store.resolve("gs://bkt/model")
+    model.mkdir()
+    (model / "weights.bin").symlink_to(shared)
+    dest = store.snapshot("gs://bkt/model", "m", "1")
+    assert (dest / "weights.bin").read_bytes() == b"w" and not (dest / "weights.bin").is_symlink()
+
+
+def test_snapshot_of_a_bad_tree_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    model = store.resolve("gs://bkt/model")
+    model.mkdir(parents=True)
+    (model / "model.joblib").write_bytes(b"x")
+    (model / "gone").symlink_to(model / "missing")
+    with pytest.raises(InvalidArgument, match="dangling"):
+        store.snapshot("gs://bkt/model", "m", "1")
+    (model / "gone").unlink()
+    (model / "loop").symlink_to(model, target_is_directory=True)
+    with pytest.raises(InvalidArgument, match="seen before"):
+        store.snapshot("gs://bkt/model", "m", "1")
+    (model / "loop").unlink()
+    local = tmp_path / "local-model"
+    local.mkdir()
+    (local / "model.joblib").write_bytes(b"x")
+    unreadable = local / "private.bin"
+    unreadable.write_bytes(b"x")
+    unreadable.chmod(0)
+    try:
+        if os.access(unreadable, os.R_OK):  # root reads anything: use a FIFO instead
+            unreadable.chmod(0o600)
+            unreadable.unlink()
+            os.mkfifo(unreadable)
+        with pytest.raises(InvalidArgument, match=r"private\.bin"):
+            store.snapshot(str(local), "m", "1")
+    finally:
+        unreadable.chmod(0o600)
+    assert not (store.registry_dir / "m" / "1").exists() and _no_partials(store)
+    assert store.snapshot("gs://bkt/model", "m", "1").joinpath("model.joblib").read_bytes() == b"x"

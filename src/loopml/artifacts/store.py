@@ -124,13 +124,22 @@ class ArtifactStore:
         return sorted(out)
 
     def snapshot(self, uri: str, *parts: str) -> Path:
-        """Copy the artifacts at `uri` (file or directory) to an immutable registry location."""
+        """Copy the artifacts at `uri` (file or directory) to an immutable registry location.
+
+        Symbolic links are followed only where they stay inside the bucket (for bucket URIs);
+        a link out of it, a dangling link, a special file or an unreadable file is refused with
+        InvalidArgument and nothing is left behind.
+        """
         source = self.resolve(uri)
         if not source.exists():
             raise InvalidArgument(f"artifactUri {uri!r} does not exist (looked in {source}).")
         for p in parts:
             if not p or "/" in p or p in (".", ".."):
                 raise InvalidArgument(f"Invalid snapshot path component {p!r}.")
+        if source.is_dir():
+            parsed = urlparse(uri)
+            confine = self.bucket_path(parsed.netloc).resolve() if parsed.scheme in _BUCKET_SCHEMES else None
+            self._check_tree(source, confine, uri)
         dest = self.registry_dir.joinpath(*parts)
         if dest.exists():
             shutil.rmtree(dest)
@@ -138,10 +147,54 @@ class ArtifactStore:
         tmp = dest.with_name(dest.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        if source.is_dir():
-            shutil.copytree(source, tmp, symlinks=False)
-        else:
-            tmp.mkdir(parents=True)
-            shutil.copy2(source, tmp / source.name)
+        try:
+            if source.is_dir():
+                shutil.copytree(source, tmp, symlinks=False)
+            else:
+                tmp.mkdir(parents=True)
+                shutil.copy2(source, tmp / source.name)
+        except (OSError, shutil.Error) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidArgument(
+                f"Could not copy the artifacts at {uri!r}: {_first_copy_error(exc)}"
+            ) from None
         os.replace(tmp, dest)
         return dest
+
+    @staticmethod
+    def _check_tree(source: Path, confine: Path | None, uri: str) -> None:
+        """Refuse links out of `confine` (the bucket root), dangling links and special files."""
+        seen: set[Path] = set()
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+            here = Path(dirpath)
+            real = here.resolve()
+            if real in seen:  # a link back to a directory already copied: a loop, or a duplicate
+                raise InvalidArgument(
+                    f"artifactUri {uri!r}: {here.relative_to(source)} links to a directory seen before (a loop?)."
+                )
+            seen.add(real)
+            if confine is not None and not here.resolve().is_relative_to(confine):
+                raise InvalidArgument(
+                    f"artifactUri {uri!r}: {here.relative_to(source)} links out of its bucket."
+                )
+            for name in filenames + dirnames:
+                entry = here / name
+                rel = entry.relative_to(source)
+                if entry.is_symlink():
+                    if not entry.exists():
+                        raise InvalidArgument(f"artifactUri {uri!r}: {rel} is a dangling symbolic link.")
+                    if confine is not None and not entry.resolve().is_relative_to(confine):
+                        raise InvalidArgument(f"artifactUri {uri!r}: {rel} links out of its bucket.")
+                if name in filenames and not entry.is_file():
+                    raise InvalidArgument(f"artifactUri {uri!r}: {rel} is not a regular file.")
+
+
+def _first_copy_error(exc: BaseException) -> str:
+    """A short reason from an OSError or shutil.Error (which carries a list of per-file errors)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        src, _dst, why = exc.args[0][0]
+        more = len(exc.args[0]) - 1
+        return f"{src}: {why}" + (f" (and {more} more)" if more else "")
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
