@@ -61,7 +61,7 @@ def test_bad_values_fall_back_to_per_request_calls() -> None:
     ]
     out = handler.handle(items)
     assert out[0][0] == 200 and orjson.loads(out[0][1])["predictions"] == model.predict(x[:1]).tolist()
-    assert out[1][0] == 400 and "Prediction failed" in orjson.loads(out[1][1])["error"]["message"]
+    assert out[1][0] == 400 and "instance 0: value 0 is 'a'" in orjson.loads(out[1][1])["error"]["message"]
 
 
 def test_malformed_bodies_and_explain() -> None:
@@ -91,3 +91,28 @@ def test_port_rewrite_for_hard_coded_servers() -> None:
     assert shell[2] == "exec uvicorn main:app --port 9001 --workers 1"
     assert rewrite_port(["python", "serve.py", "8080"], 8080, 9001) == ["python", "serve.py", "8080"]
     assert rewrite_port(["x", "--port", "8080"], 8080, 8080) == ["x", "--port", "8080"]
+
+
+def test_a_bad_value_is_a_400_naming_the_instance_and_value() -> None:
+    handler, model, x = _handler()
+    good = [[float(v) for v in x[0]], [float(v) for v in x[1]]]
+    good_body = (KIND_PREDICT, orjson.dumps({"instances": good}))
+    cases = [
+        ([good[0], [1.0, "x", 3.0]], "instance 1: value 1 is 'x' (str); the model expects 3 numbers"),
+        ([[1.0, 2.0, [3.0]]], "instance 0: value 2 is [3.0] (list)"),
+        ([good[1], good[0], [{"a": 1}, 2.0, 3.0]], "instance 2: value 0 is {'a': 1} (dict)"),
+    ]
+    expected = model.predict(np.array(good)).tolist()
+
+    def check_bad(result: tuple[int, bytes], message: str) -> None:
+        error = orjson.loads(result[1])["error"]
+        assert result[0] == 400 and error["status"] == "INVALID_ARGUMENT", error
+        assert error["message"].startswith(message), error
+
+    for instances, message in cases:  # one request at a time
+        check_bad(handler.handle([(KIND_PREDICT, orjson.dumps({"instances": instances}))])[0], message)
+    # all in one micro-batch with a good request: only the bad requests fail, each with its own error
+    results = handler.handle([*((KIND_PREDICT, orjson.dumps({"instances": i})) for i, _ in cases), good_body])
+    for result, (_, message) in zip(results[:-1], cases, strict=True):
+        check_bad(result, message)
+    assert results[-1][0] == 200 and orjson.loads(results[-1][1])["predictions"] == expected

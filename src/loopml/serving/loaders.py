@@ -146,6 +146,26 @@ def as_matrix(rows: list[list[Any]]) -> Any:
         return np.asarray(rows, dtype=object)
 
 
+def bad_value_error(
+    rows: list[list[Any]], exc: BaseException, n_features: int | None
+) -> InvalidArgument | None:
+    """When a model refused non-numeric input: an error naming the first instance and value at fault.
+
+    Only called after `predict` raised on an object matrix (a model of numbers fed a string, a
+    list or an object); models that take strings (pipelines with encoders) never get here.
+    """
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                want = f"{n_features} numbers" if n_features is not None else "numbers"
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                return InvalidArgument(
+                    f"instance {i}: value {j} is {shown} ({type(value).__name__}); the model expects {want} "
+                    f"({type(exc).__name__}: {exc})"
+                )
+    return None
+
+
 class SklearnPredictor:
     """The built-in scikit-learn server (stands for `…/prediction/sklearn-cpu.*`)."""
 
@@ -169,7 +189,14 @@ class SklearnPredictor:
         if not rows:
             return []
         # "X does not have valid feature names" warnings are silenced once per replica process.
-        return to_native(self.model.predict(as_matrix(rows)))  # type: ignore[no-any-return]
+        matrix = as_matrix(rows)
+        try:
+            return to_native(self.model.predict(matrix))  # type: ignore[no-any-return]
+        except (ValueError, TypeError) as exc:
+            named = bad_value_error(rows, exc, self.n_features) if matrix.dtype == object else None
+            if named is not None:
+                raise named from None
+            raise
 
 
 def load_sklearn(artifact_dir: Path, spec: DeployedModelSpec) -> SklearnPredictor:
@@ -210,7 +237,12 @@ class XGBoostPredictor:
         rows = check_rows(instances, self.n_features, self.feature_names)
         if not rows:
             return []
-        matrix = xgb.DMatrix(as_matrix(rows), feature_names=self.feature_names)
+        array = as_matrix(rows)
+        if array.dtype == object:  # XGBoost takes numbers only
+            named = bad_value_error(rows, TypeError("non-numeric input"), self.n_features)
+            if named is not None:
+                raise named
+        matrix = xgb.DMatrix(array, feature_names=self.feature_names)
         return to_native(self.booster.predict(matrix))  # type: ignore[no-any-return]
 
 
