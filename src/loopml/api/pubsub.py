@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from loopml.api.app import json_response, read_json
 from loopml.errors import InvalidArgument, LoopmlError, NotFound, PayloadTooLarge
+from loopml.ingest.messages import split_events
 from loopml.ingest.service import IngestService
 from loopml.platform import Platform
 
@@ -156,21 +157,21 @@ def install(app: FastAPI, platform: Platform) -> None:
     app.add_middleware(IngestFastPath, platform=platform)
 
 
-async def ingest_events(service: IngestService, project: str, topic: str, raw: bytes) -> dict[str, Any]:
+async def ingest_events(service: IngestService, project: str, topic: str, raw: bytes) -> bytes:
     """Publish one JSON value, or each element of a JSON array, as a message; answer like the proxy."""
-    service.topic_id(project, topic)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
-    if isinstance(value, list):
-        if not value:
-            raise InvalidArgument("The JSON array is empty: send at least one event.")
-        ids = await service.publish(project, topic, [(orjson.dumps(v), None, None) for v in value])
-        return {"message": f"pubsub message sent: {len(ids)} messages", "messageIds": ids}
-    data = orjson.dumps(value)
-    ids = await service.publish(project, topic, [(data, None, None)])
-    return {"message": f"pubsub message sent: {data.decode()}", "messageIds": ids}
+    tid = service.topic_id(project, topic)
+    datas, is_array = split_events(raw)
+    first = await service.log.publish(tid, datas)
+    if is_array:
+        n = len(datas)
+        head = b'{"message":"pubsub message sent: %d messages","messageIds":' % n
+        return head + _ids_json(first, n) + b"}"
+    return orjson.dumps({"message": f"pubsub message sent: {datas[0].decode()}", "messageIds": [str(first)]})
+
+
+def _ids_json(first: int, n: int) -> bytes:
+    """`["first","first+1",...]` (message ids are strings in Pub/Sub JSON), built without n str objects."""
+    return b'["' + orjson.dumps(list(range(first, first + n)))[1:-1].replace(b",", b'","') + b'"]'
 
 
 class IngestFastPath:
@@ -205,12 +206,15 @@ class IngestFastPath:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            project = (query.get("project") or [self.platform.settings.default_project])[0]
+            project = self.platform.settings.default_project
+            if scope.get("query_string"):
+                query = parse_qs(scope["query_string"].decode("latin-1"))
+                project = (query.get("project") or [project])[0]
             service = self.platform.services.get("ingest")
             if service is None:
                 raise NotFound("Pub/Sub is not enabled on this server.")
-            body = orjson.dumps(await ingest_events(service, project, topic, b"".join(chunks)))
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = await ingest_events(service, project, topic, raw)
         except LoopmlError as exc:
             status, body = exc.status, orjson.dumps(exc.to_json())
         except Exception as exc:

@@ -190,8 +190,12 @@ class IngestService:
         tid = self.topic_id(project, topic)
         if not messages:
             return []
-        seqs = await self.log.run(lambda conn: self.log.append(conn, tid, messages), size=len(messages))
-        return [str(s) for s in seqs]
+        attrs = [m[1] for m in messages]
+        okeys = [m[2] for m in messages]
+        first = await self.log.publish(
+            tid, [m[0] for m in messages], attrs if any(attrs) else None, okeys if any(okeys) else None
+        )
+        return list(map(str, range(first, first + len(messages))))
 
     # -- subscriptions --------------------------------------------------------------------------
     def sub(self, project: str, name: str) -> SubState:
