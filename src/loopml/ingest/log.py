@@ -20,30 +20,30 @@ import asyncio
 import logging
 import queue
 import sqlite3
-import struct
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from loopml.errors import Unavailable
+from loopml.ingest.segments import (
+    MAX_PARAMS,
+    SEG,
+    SEGMENT_BYTES,
+    SEGMENT_MESSAGES,
+    Message,
+    decode,
+    encode,
+    insert_sql,
+    now_us,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
-MAX_PARAMS = 30_000
-"""Bound parameters in one statement (SQLite's limit is 32,766 or more)."""
-SEGMENT_MESSAGES = 1000
-SEGMENT_BYTES = 1 << 20
-"""A segment row holds at most this many messages and (unless one message is larger) bytes, so a
-reader fetching a few hundred messages never loads a huge blob."""
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
     topic_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,24 +68,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     publish_us INTEGER NOT NULL, data BLOB NOT NULL, attrs TEXT, okey TEXT);
 CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters (sub_id, id);
 """
-
-
-def now_us() -> int:
-    return int(time.time() * 1_000_000)
-
-
-@dataclass(frozen=True)
-class Message:
-    seq: int
-    topic_id: int
-    publish_us: int
-    data: bytes
-    attrs: str | None
-    okey: str | None
-
-    @property
-    def message_id(self) -> str:
-        return str(self.seq)
 
 
 Batch = list[tuple[bytes, str | None, str | None]]
@@ -277,11 +259,11 @@ class MessageLog:
         try:
             if len(rows) * 8 <= MAX_PARAMS:
                 params = [v for row in rows for v in row]
-                self._conn.execute(_insert_sql(len(rows)), params)  # autocommit: atomic and durable
+                self._conn.execute(insert_sql(len(rows)), params)  # autocommit: atomic and durable
             else:
                 with self._conn:  # a very large group commit: one transaction of several statements
                     self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany(_insert_sql(1), rows)
+                    self._conn.executemany(insert_sql(1), rows)
         except Exception as exc:
             log.exception("message log commit failed")
             self._fail(jobs, exc)
@@ -305,7 +287,7 @@ class MessageLog:
             datas = [d for job in run for d in job.datas or ()]
             attrs = _column(run, "attrs")
             okeys = _column(run, "okeys")
-        rows.extend(_segments(seq, topic_id, datas, attrs, okeys))
+        rows.extend(encode(seq, topic_id, datas, attrs, okeys))
         for job in run:
             results.append((job, seq, None))
             seq += len(job.datas or ())
@@ -320,7 +302,7 @@ class MessageLog:
         j, seq = self._merge(jobs, i, self._next_seq, rows, done)
         conn.execute("SAVEPOINT job")
         try:
-            conn.executemany(_insert_sql(1), rows)
+            conn.executemany(insert_sql(1), rows)
         except Exception as exc:  # nothing of these appends stays; the rest of the batch goes on
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
@@ -379,18 +361,18 @@ class MessageLog:
         conn = conn or self.reader()
         out: list[Message] = []
         head = conn.execute(
-            f"SELECT {_SEG} FROM segments WHERE topic_id = ? AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
+            f"SELECT {SEG} FROM segments WHERE topic_id = ? AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
             (topic_id, after_seq),
         ).fetchone()
         if head is not None:
-            out.extend(_decode(head, after_seq, limit))
+            out.extend(decode(head, after_seq, limit))
         if len(out) < limit:
             cur = conn.execute(
-                f"SELECT {_SEG} FROM segments WHERE topic_id = ? AND first_seq > ? ORDER BY first_seq",
+                f"SELECT {SEG} FROM segments WHERE topic_id = ? AND first_seq > ? ORDER BY first_seq",
                 (topic_id, after_seq),
             )
             for row in cur:
-                out.extend(_decode(row, after_seq, limit - len(out)))
+                out.extend(decode(row, after_seq, limit - len(out)))
                 if len(out) >= limit:
                     break
             cur.close()
@@ -404,11 +386,11 @@ class MessageLog:
             if seq in found:
                 continue
             row = conn.execute(
-                f"SELECT {_SEG} FROM segments WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
+                f"SELECT {SEG} FROM segments WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
             ).fetchone()
             if row is None or seq >= row[0] + row[2]:
                 continue
-            for msg in _decode(row, seq - 1, 1_000_000):
+            for msg in decode(row, seq - 1, 1_000_000):
                 found[msg.seq] = msg
         return {s: found[s] for s in seqs if s in found}
 
@@ -444,10 +426,6 @@ def _resolve(items: list[Result]) -> None:
             future.set_result(value)
 
 
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO segments VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-
-
 def _column(run: list[_Job], name: str) -> list[str | None] | None:
     """The attributes (or ordering keys) of merged appends, one per message; None if none has any."""
     if not any(getattr(job, name) for job in run):
@@ -459,76 +437,4 @@ def _column(run: list[_Job], name: str) -> list[str | None] | None:
     return out
 
 
-def _segments(
-    first: int,
-    topic_id: int,
-    datas: list[bytes],
-    attrs: list[str | None] | None,
-    okeys: list[str | None] | None,
-) -> list[tuple[Any, ...]]:
-    """Segment rows for messages with sequence numbers from `first`: one, or several when they
-    exceed SEGMENT_MESSAGES or SEGMENT_BYTES."""
-    n = len(datas)
-    sizes = list(map(len, datas))
-    now = now_us()
-    if n <= SEGMENT_MESSAGES and sum(sizes) <= SEGMENT_BYTES:
-        bounds = [(0, n)]
-    else:
-        bounds = []
-        start = 0
-        while start < n:
-            stop, nbytes = start + 1, sizes[start]
-            while stop < n and stop - start < SEGMENT_MESSAGES and nbytes + sizes[stop] <= SEGMENT_BYTES:
-                nbytes += sizes[stop]
-                stop += 1
-            bounds.append((start, stop))
-            start = stop
-    rows = []
-    for start, stop in bounds:
-        whole = start == 0 and stop == n
-        a = attrs if attrs is None or whole else attrs[start:stop]
-        k = okeys if okeys is None or whole else okeys[start:stop]
-        rows.append(
-            (
-                first + start,
-                topic_id,
-                stop - start,
-                now,
-                b"".join(datas if whole else datas[start:stop]),
-                struct.pack(f"<{stop - start}I", *(sizes if whole else sizes[start:stop])),
-                orjson.dumps(a).decode() if a and any(a) else None,
-                orjson.dumps(k).decode() if k and any(k) else None,
-            )
-        )
-    return rows
-
-
-_SEG = "first_seq, topic_id, n, publish_us, data, sizes, attrs, okeys"
-
-
-def _decode(row: tuple[Any, ...], after_seq: int, limit: int) -> list[Message]:
-    """The messages of one segment row with a sequence above `after_seq` (at most `limit`)."""
-    first, topic_id, n, publish_us, data, sizes_blob, attrs_json, okeys_json = row
-    start = max(0, after_seq + 1 - first)
-    stop = min(n, start + limit)
-    if start >= stop:
-        return []
-    sizes = struct.unpack(f"<{n}I", sizes_blob)
-    attrs = orjson.loads(attrs_json) if attrs_json else None
-    okeys = orjson.loads(okeys_json) if okeys_json else None
-    offset = sum(sizes[:start])
-    out = []
-    for i in range(start, stop):
-        size = sizes[i]
-        out.append(
-            Message(
-                first + i,
-                topic_id,
-                publish_us,
-                bytes(data[offset : offset + size]),
-                attrs[i] if attrs else None,
-                okeys[i] if okeys else None,
-            )
-        )
-        offset += size
-    return out
+__all__ = ["SEGMENT_BYTES", "SEGMENT_MESSAGES", "Message", "MessageLog", "connect", "now_us"]
