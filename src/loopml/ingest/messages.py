@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from loopml.errors import InvalidArgument
 from loopml.ingest.log import Message
 from loopml.ingest.resources import SubscriptionSpec
 from loopml.refs import rfc3339
@@ -57,31 +55,3 @@ def attributes_of(msg: Message) -> dict[str, str]:
 
 def matches(spec: SubscriptionSpec, msg: Message) -> bool:
     return spec.filter is None or bool(spec.filter({"attributes": attributes_of(msg)}))
-
-
-def split_events(raw: bytes) -> tuple[list[bytes], bool]:
-    """A JSON body as message data: each element of an array, or the one value, as compact JSON.
-
-    Returns the data and whether the body was an array. Malformed JSON and an empty array are
-    400s. The decoded objects are freed (by reference counting) before this returns, so the
-    cyclic garbage collector is paused meanwhile: otherwise the thousands of containers a large
-    array decodes to trigger collections that scan the server's whole heap, which costs about
-    as much as the decoding itself.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
-        if type(value) is list:
-            if not value:
-                raise InvalidArgument("The JSON array is empty: send at least one event.")
-            datas = list(map(orjson.dumps, value))
-            del value
-            return datas, True
-        return [orjson.dumps(value)], False
-    finally:
-        if enabled:
-            gc.enable()
