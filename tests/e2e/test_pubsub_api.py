@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -13,7 +15,7 @@ P = "proj1"
 
 
 @pytest.fixture(scope="module")
-def http(server: object) -> httpx.Client:
+def http(server: object) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:  # type: ignore[attr-defined]
         yield client
 
@@ -109,6 +111,79 @@ def test_ingest_json_proxy(http: httpx.Client) -> None:
     # topics are per project: ?project= selects another one
     http.put(f"/v1/projects/{P}/topics/hyp")
     assert http.post(f"/ingest/hyp/json?project={P}", json=event).status_code == 200
+
+
+def test_concurrent_publishes_through_both_routes_keep_every_field(server: object) -> None:
+    """Many clients at once (so group commits merge their messages into shared segments), through
+    `:publish` (attributes, ordering keys) and `/ingest` (arrays): every acknowledged id delivers its
+    own data, attributes and key, in id order."""
+    url = server.url  # type: ignore[attr-defined]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.put(f"/v1/projects/{P}/topics/busy").status_code == 200
+        sub = {"topic": f"projects/{P}/topics/busy"}
+        assert http.put(f"/v1/projects/{P}/subscriptions/busy-pull", json=sub).status_code == 200
+    expected: dict[str, tuple[object, dict[str, str], str | None]] = {}
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for i in range(15):
+                got: list[tuple[object, dict[str, str], str | None]]
+                if i % 3 == 0:
+                    batch = [{"w": worker, "i": i, "j": j} for j in range(7)]
+                    r = http.post(f"/ingest/busy/json?project={P}", json=batch)
+                    assert r.status_code == 200, r.text
+                    got = [(e, {}, None) for e in batch]
+                else:
+                    msgs = [
+                        {"data": b64({"w": worker, "i": i, "j": j}), "attributes": {"j": str(j)} if j else {}}
+                        | ({"orderingKey": f"k{worker}"} if i % 2 else {})
+                        for j in range(i % 4 + 1)
+                    ]
+                    r = http.post(f"/v1/projects/{P}/topics/busy:publish", json={"messages": msgs})
+                    assert r.status_code == 200, r.text
+                    got = [
+                        (
+                            {"w": worker, "i": i, "j": j},
+                            {"j": str(j)} if j else {},
+                            f"k{worker}" if i % 2 else None,
+                        )
+                        for j in range(i % 4 + 1)
+                    ]
+                ids = r.json()["messageIds"]
+                assert len(ids) == len(got)
+                with lock:
+                    expected.update(zip(ids, got, strict=True))
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    received: dict[str, tuple[object, dict[str, str], str | None]] = {}
+    order: list[int] = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while len(received) < len(expected):
+            r = http.post(f"/v1/projects/{P}/subscriptions/busy-pull:pull", json={"maxMessages": 1000})
+            pulled = r.json().get("receivedMessages", [])
+            assert pulled, f"only {len(received)} of {len(expected)} messages delivered"
+            for m in pulled:
+                msg = m["message"]
+                received[msg["messageId"]] = (
+                    orjson.loads(base64.b64decode(msg["data"])),
+                    msg["attributes"],
+                    msg.get("orderingKey"),
+                )
+                order.append(int(msg["messageId"]))
+            ack = {"ackIds": [m["ackId"] for m in pulled]}
+            assert (
+                http.post(f"/v1/projects/{P}/subscriptions/busy-pull:acknowledge", json=ack).status_code
+                == 200
+            )
+        r = http.post(f"/v1/projects/{P}/topics/busy:publish", content=b'{"messages": [')
+        assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]["message"]
+    assert received == expected
+    assert order == sorted(order)
 
 
 def test_bad_input(http: httpx.Client) -> None:
