@@ -5,7 +5,8 @@ runs (routing, dependency and response machinery cost more than the publish itse
 requests): read the body, decode it, append the messages to the log and answer once they are
 durable. Every other request passes through untouched.
 
-Request bodies are decoded with the cyclic garbage collector paused: the decoded objects are
+`/ingest` bodies are split into their elements without being decoded (see `split_events`).
+`:publish` bodies are decoded with the cyclic garbage collector paused: the decoded objects are
 freed by reference counting before the pause ends, and otherwise the thousands of containers a
 large body decodes to trigger collections that scan the server's whole heap, which costs about
 as much as the decoding itself.
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import msgspec
 import orjson
 
 from loopml.errors import InvalidArgument, LoopmlError, NotFound, PayloadTooLarge
@@ -53,20 +55,32 @@ def _loads(raw: bytes) -> Any:
         raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
 
 
-def split_events(raw: bytes) -> tuple[list[bytes], bool]:
-    """A JSON body as message data: each element of an array, or the one value, as compact JSON.
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_VALUE = msgspec.json.Decoder(msgspec.Raw)
 
-    Returns the data and whether the body was an array. Malformed JSON and an empty array are 400s.
+
+def split_events(raw: bytes) -> tuple[list[bytes], bool]:
+    """A JSON body as message data: each element of an array, or the one value, as its JSON text.
+
+    Returns the data and whether the body was an array. Each message's data is its element's
+    JSON exactly as sent (whitespace around elements dropped). The body is validated (JSON
+    grammar, UTF-8) without building Python objects: msgspec splits the array into raw
+    element slices, about four times faster than decoding and re-encoding every element.
+    Malformed JSON and an empty array are 400s.
     """
-    with gc_paused():
-        value = _loads(raw)
-        if type(value) is list:
-            if not value:
+    body = raw.strip(b" \t\r\n")
+    try:
+        if not body.isascii():
+            body.decode("utf-8")
+        if body[:1] == b"[":
+            elements = _ELEMENTS.decode(body)
+            if not elements:
                 raise InvalidArgument("The JSON array is empty: send at least one event.")
-            datas = list(map(orjson.dumps, value))
-            del value
-            return datas, True
-        return [orjson.dumps(value)], False
+            return list(map(bytes, elements)), True
+        _VALUE.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
+    return [body], False
 
 
 def publish_messages(raw: bytes) -> Columns:

@@ -1,0 +1,49 @@
+"""Splitting `/ingest` bodies into message data without decoding them (loopml.ingest.asgi)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from loopml.errors import InvalidArgument
+from loopml.ingest.asgi import ids_json, split_events
+
+
+def test_array_elements_keep_their_json_text() -> None:
+    body = b' [ {"a" : 1, "s": "x, [y]"} ,\n 2, "tw\\u00e9", [ ], {"n": {"deep": [1, {"k": null}]}} ]\n'
+    datas, is_array = split_events(body)
+    assert is_array
+    assert datas == [
+        b'{"a" : 1, "s": "x, [y]"}',
+        b"2",
+        b'"tw\\u00e9"',
+        b"[ ]",
+        b'{"n": {"deep": [1, {"k": null}]}}',
+    ]
+    assert [orjson.loads(d) for d in datas] == orjson.loads(body)
+
+
+def test_single_values_and_unicode() -> None:
+    assert split_events(b'  {"event": "purchase"}\n') == ([b'{"event": "purchase"}'], False)
+    assert split_events(b'"[not an array]"') == ([b'"[not an array]"'], False)
+    text = '[{"name": "Zoë ☃"}]'.encode()
+    assert split_events(text) == ([text[1:-1]], True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[", b"[1,]", b'[{"a": }]', b"{not json", b"[1] [2]", b'["\xff\xfe"]', b'{"a": "\xc3"}', b"[NaN]"],
+)
+def test_malformed_bodies_are_400s(body: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="Malformed JSON"):
+        split_events(body)
+
+
+def test_empty_array_is_a_400() -> None:
+    with pytest.raises(InvalidArgument, match="empty"):
+        split_events(b" [ ] ")
+
+
+def test_ids_json() -> None:
+    assert orjson.loads(ids_json(41, 3)) == ["41", "42", "43"]
+    assert orjson.loads(ids_json(7, 1)) == ["7"]
