@@ -1,12 +1,14 @@
-"""Splitting `/ingest` bodies into message data without decoding them (loopml.ingest.asgi)."""
+"""Request bodies of the publish fast path (loopml.ingest.asgi): `/ingest` splitting and `:publish` validation."""
 
 from __future__ import annotations
+
+import re
 
 import orjson
 import pytest
 
 from loopml.errors import InvalidArgument
-from loopml.ingest.asgi import ids_json, split_events
+from loopml.ingest.asgi import ids_json, publish_messages, split_events
 
 
 def test_array_elements_keep_their_json_text() -> None:
@@ -47,3 +49,32 @@ def test_empty_array_is_a_400() -> None:
 def test_ids_json() -> None:
     assert orjson.loads(ids_json(41, 3)) == ["41", "42", "43"]
     assert orjson.loads(ids_json(7, 1)) == ["7"]
+
+
+def test_publish_request_bodies() -> None:
+    body = b'{"messages": [{"data": "eA==", "messageId": "ignored", "orderingKey": "k"}, {"attributes": {"a": "b"}}]}'
+    assert publish_messages(body) == ([b"x", b""], [None, '{"a":"b"}'], ["k", None])
+    assert publish_messages(b'{"messages": [{"data": "eA==", "attributes": null}]}') == ([b"x"], None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "Invalid field 'messages'"),
+        (b'{"messages": []}', "Invalid field 'messages'"),
+        (b'{"messages": [5]}', "Invalid field 'messages[0]'"),
+        (b'{"messages": [{}]}', "Invalid field 'messages[0]': a message needs data or attributes"),
+        (b'{"messages": [{"data": 1}]}', "Invalid field 'messages[0].data'"),
+        (b'{"messages": [{"data": "***"}]}', "Invalid field 'messages[0].data': it is not valid base64"),
+        (
+            b'{"messages": [{"data": "eA==", "attributes": {"k": 1}}]}',
+            "Invalid field 'messages[0].attributes'",
+        ),
+        (b'{"messages": [{"data": "eA==", "orderingKey": []}]}', "Invalid field 'messages[0].orderingKey'"),
+        (b'{"messages": [', "Malformed JSON"),
+        (b"[]", "Invalid publish request"),
+    ],
+)
+def test_bad_publish_requests_name_the_field(body: bytes, error: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(error)):
+        publish_messages(body)
