@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -123,6 +124,7 @@ def _loopml_round(sample: list[str], seconds: int, work: Path) -> dict[str, dict
             }
     finally:
         common.stop(proc)
+        shutil.rmtree(work / "home", ignore_errors=True)  # a round writes GBs of log
     return out
 
 
