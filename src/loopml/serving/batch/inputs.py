@@ -101,22 +101,23 @@ def count_rows(warehouse: Any, ref: BqRef) -> int:
     return int(row[0]) if row else 0
 
 
-def stream_chunks(warehouse: Any, ref: BqRef, chunk_rows: int) -> Iterator[pa.Table]:
-    """The table in insertion order, cut into tables of exactly `chunk_rows` rows (the last may be
-    shorter), read in one DuckDB read transaction (a consistent snapshot for the whole pass)."""
-    reader = warehouse.cursor().sql(_table_sql(warehouse, ref)).to_arrow_reader(min(chunk_rows, 1 << 20))
+def stream_chunks(warehouse: Any, ref: BqRef, lengths: list[int]) -> Iterator[pa.Table]:
+    """The table in insertion order, cut into tables of the planned `lengths` (the last one takes
+    whatever rows remain), read in one DuckDB read transaction (a consistent snapshot for the pass)."""
+    batch_rows = max(1, min(max(lengths, default=1), 1 << 20))
+    reader = warehouse.cursor().sql(_table_sql(warehouse, ref)).to_arrow_reader(batch_rows)
     pending: list[pa.RecordBatch] = []
     size = 0
-    produced = False
+    index = 0
     for batch in reader:
         pending.append(batch)
         size += batch.num_rows
-        while size >= chunk_rows:
+        while index < len(lengths) - 1 and size >= lengths[index]:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_rows)
-            produced = True
-            rest = table.slice(chunk_rows)
+            yield table.slice(0, lengths[index])
+            rest = table.slice(lengths[index])
             pending = rest.to_batches()
             size = rest.num_rows
-    if size or not produced:  # an empty table is one empty chunk (its schema makes the outputs)
-        yield pa.Table.from_batches(pending, schema=reader.schema)
+            index += 1
+    # the last chunk (an empty table is one empty chunk: its schema makes the outputs)
+    yield pa.Table.from_batches(pending, schema=reader.schema)

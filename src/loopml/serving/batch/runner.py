@@ -36,11 +36,12 @@ from loopml.serving.batch.chunk import InstanceOptions
 from loopml.serving.batch.containers import start_container_predictor
 from loopml.serving.batch.inputs import count_rows, read_source, stream_chunks
 from loopml.serving.batch.outputs import atomic_write
+from loopml.serving.batch.pipeline import chunk_bounds, drive
 from loopml.serving.batch.predictors import CACHE, close_predictor
 from loopml.serving.batch.prefetch import prefetch
 from loopml.serving.batch.sink import WarehouseSink, forget_job
 from loopml.serving.batch.spec import parse_job
-from loopml.serving.batch.worker import ChunkOutcome, ChunkTask, ModelInfo, run_chunk
+from loopml.serving.batch.worker import ChunkOutcome, ChunkTask, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class BatchRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writer: cf.ThreadPoolExecutor | None = None  # warehouse appends, one at a time
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,6 +86,9 @@ class BatchRunner:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -179,13 +184,14 @@ class BatchRunner:
         else:
             chunk_rows = min(self.settings.batch_chunk_rows, max(spec.batch_size * 16, 1024))
         chunk_rows = max(1, chunk_rows)
-        work = {**work, "staged": True, "streamed": streamed, "chunk_rows": chunk_rows}
+        ramp = model.framework in VECTORISED  # small first chunks: the writer starts early
+        work = {**work, "staged": True, "streamed": streamed, "chunk_rows": chunk_rows, "ramp": ramp}
         with self.db.session() as s:
             row = s.get(BatchPredictionJobRow, pk)
             assert row is not None
             row.work = work
             row.total_count = total
-            row.chunk_count = max(1, (total + chunk_rows - 1) // chunk_rows)  # empty input: one empty chunk
+            row.chunk_count = len(chunk_bounds(total, chunk_rows, ramp))  # empty input: one empty chunk
             row.update_time = now()
         return work
 
@@ -244,15 +250,19 @@ class BatchRunner:
             excluded_fields=tuple(spec.excluded_fields),
         )
         kind, out_dir = self._out_dir(work_dir, work)
-        chunk_rows = int(work["chunk_rows"])
+        bounds = chunk_bounds(total, int(work["chunk_rows"]), bool(work.get("ramp")))
+        if len(bounds) != chunk_count:
+            raise JobFailed(
+                f"The job's chunk plan changed ({chunk_count} chunks recorded, {len(bounds)} now)."
+            )
 
         def task(i: int, table: pa.Table | None = None) -> ChunkTask:
             return ChunkTask(
                 job_id=job_id,
                 job_name=job_name,
                 index=i,
-                start=i * chunk_rows,
-                length=max(0, min(chunk_rows, total - i * chunk_rows)),
+                start=bounds[i][0],
+                length=bounds[i][1],
                 input_path=str(work_dir / "input.arrow"),
                 opts=opts,
                 model=model,
@@ -278,13 +288,38 @@ class BatchRunner:
                     f"The source table {spec.bq_source.uri()} changed while the job was interrupted "
                     f"(it had {total} rows); run a new job."
                 )
-            streamed = stream_chunks(warehouse, spec.bq_source, chunk_rows)
+            streamed = stream_chunks(warehouse, spec.bq_source, [length for _, length in bounds])
             tasks = prefetch((task(i, t) for i, t in enumerate(streamed) if i not in done), depth=workers)
         else:
             tasks = iter([task(i) for i in todo])
         pool = self._pool(workers, model)
+        writer = None
+        if sink is not None:
+            if self._writer is None:
+                self._writer = cf.ThreadPoolExecutor(1, thread_name_prefix="loopml-batch-writer")
+            writer = self._writer
+
+        def append(out: ChunkOutcome) -> None:
+            assert sink is not None and out.tables is not None
+            sink.append(out.index, *out.tables)
+
+        def record(out: ChunkOutcome) -> bool:
+            log.debug(
+                "batch job %s chunk %s: %s ok, %s failed", job_id, out.index, out.successful, out.failed
+            )
+            return self._commit(pk, out.index, out.successful, out.failed)
+
         try:
-            return self._drive(pk, pool, tasks, workers, sink)
+            return drive(
+                pool,
+                tasks,
+                workers,
+                writer,
+                append if sink is not None else None,
+                record,
+                self._stop.is_set,
+                self.settings.batch_test_pause_after_chunk_s,
+            )
         finally:
             close = getattr(tasks, "close", None)
             if close is not None:
@@ -301,37 +336,6 @@ class BatchRunner:
         if self.settings.batch_worker_mode == "process" and model.framework != "custom-container":
             return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         return cf.ThreadPoolExecutor(workers, thread_name_prefix="loopml-batch-worker")
-
-    def _drive(
-        self, pk: int, pool: cf.Executor, tasks: Iterator[ChunkTask], workers: int, sink: WarehouseSink | None
-    ) -> str | None:
-        inflight: set[cf.Future[ChunkOutcome]] = set()
-        more = True
-        while more or inflight:
-            while more and len(inflight) < workers * 2:
-                next_task = next(tasks, None)
-                if next_task is None:
-                    more = False
-                else:
-                    inflight.add(pool.submit(run_chunk, next_task))
-            if not inflight:
-                break
-            finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                out = future.result()
-                index, ok, failed, seconds = out.index, out.successful, out.failed, out.seconds
-                if sink is not None:
-                    assert out.tables is not None
-                    sink.append(index, *out.tables)
-                cancelled = self._commit(pk, index, ok, failed)
-                log.debug("batch job %s chunk %s: %s ok, %s failed in %.3fs", pk, index, ok, failed, seconds)
-                if self.settings.batch_test_pause_after_chunk_s > 0:
-                    time.sleep(self.settings.batch_test_pause_after_chunk_s)
-                if cancelled:
-                    return "cancelled"
-            if self._stop.is_set():
-                return None
-        return "done"
 
     def _commit(self, pk: int, index: int, ok: int, failed: int) -> bool:
         """Record a chunk whose outputs are in place; returns True if cancellation was requested."""
