@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     """Root of the local artifact store; default `$LOOPML_HOME`. Buckets live in `<root>/buckets`."""
     object_store_url: str | None = None
     """fsspec URL of a real object store (e.g. `s3://team-bucket/loopml`); unset = local buckets."""
+    object_store_options: SecretStr | None = None
+    """JSON object of fsspec options for the object store (may hold keys: kept out of reprs)."""
     warehouse_path: Path | None = None
     """DuckDB file of the warehouse; default `$LOOPML_HOME/warehouse.duckdb`."""
 

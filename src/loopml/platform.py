@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loopml.artifacts import ArtifactStore
+from loopml.artifacts.remote import parse_options
 from loopml.config import Settings
 from loopml.metadata import Database
 
@@ -36,7 +37,12 @@ class Platform:
         settings.ensure_dirs()
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
-        self.artifacts = ArtifactStore(settings.resolved_artifact_root())
+        options = settings.object_store_options
+        self.artifacts = ArtifactStore(
+            settings.resolved_artifact_root(),
+            settings.object_store_url,
+            parse_options(options.get_secret_value() if options is not None else None),
+        )
         self._start_hooks: list[tuple[str, Hook]] = []
         self._stop_hooks: list[tuple[str, Hook]] = []
         self._ready_hooks: list[tuple[str, Hook]] = []

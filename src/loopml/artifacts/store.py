@@ -6,6 +6,14 @@ path is checked: a URI that escapes its bucket root (`..`, absolute parts, symli
 refused with InvalidArgument. Registered artifacts are snapshotted under
 `<artifact_root>/registry/...` and never changed afterwards; only files inside the store are
 ever unpickled (see `is_inside`).
+
+With a real object store (`LOOPML_OBJECT_STORE_URL`, see `loopml.artifacts.remote` and
+docs/storage.md) bucket `B` lives at `<object_store_url>/B/...` and the local buckets directory
+is a cache of it: `resolve` still maps a URI to its local (cache) path, `fetch` first downloads
+what is behind the URI, `publish` uploads what loopml wrote locally. Registry snapshots stay
+local: they are this server's private, immutable copies (its metadata database points at them
+and its model servers load them from disk), made from the store at upload time. Without an
+object store `fetch` is `resolve` and `publish` does nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from loopml.errors import InvalidArgument, NotFound
+from loopml.artifacts.remote import RemoteStore, check_rel
+from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
 _BUCKET_SCHEMES = ("gs", "s3")
@@ -26,13 +36,31 @@ def is_bucket_uri(uri: str) -> bool:
     return uri.startswith(("gs://", "s3://"))
 
 
+_TMP_RE = re.compile(r"^\..*\.tmp-\d+$")
+
+
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        object_store_url: str | None = None,
+        object_store_options: dict[str, Any] | None = None,
+    ) -> None:
         self.root = root.expanduser().resolve()
         self.buckets_dir = self.root / "buckets"
         self.registry_dir = self.root / "registry"
         self.buckets_dir.mkdir(parents=True, exist_ok=True)
         self.registry_dir.mkdir(parents=True, exist_ok=True)
+        self.remote: RemoteStore | None = None
+        if object_store_url:
+            self.remote = RemoteStore(object_store_url, self.root / "object-cache", object_store_options)
+            if self.remote.is_local:
+                real = Path(self.remote.root).resolve()
+                if real == self.root or real.is_relative_to(self.root) or self.root.is_relative_to(real):
+                    raise FailedPrecondition(
+                        f"The object store {self.remote.display} overlaps the artifact root {self.root}: "
+                        "choose a directory outside it."
+                    )
 
     # -- resolution ------------------------------------------------------------------------
     def bucket_path(self, bucket: str) -> Path:
@@ -59,6 +87,79 @@ class ArtifactStore:
             f"Unsupported artifact URI scheme {parsed.scheme!r} in {uri!r}: use gs://, s3://, file:// or a path."
         )
 
+    def bucket_rel(self, uri: str) -> tuple[str, str] | None:
+        """(bucket, checked relative path) of a gs:// or s3:// URI, else None."""
+        if not uri.startswith(("gs://", "s3://")):
+            return None
+        parsed = urlparse(uri)
+        self.bucket_path(parsed.netloc)
+        rel = unquote(parsed.path).lstrip("/")
+        checked = check_rel(rel, uri)
+        return parsed.netloc, checked + ("/" if rel.endswith("/") and checked else "")
+
+    # -- the object store (no-ops without one) ---------------------------------------------
+    def fetch(self, uri: str) -> Path:
+        """The local path behind a URI, for reading: with an object store, the object (or every
+        object below the prefix) is downloaded into the local cache first."""
+        path = self.resolve(uri)
+        if self.remote is not None:
+            self.fetch_files(uri)
+        return path
+
+    def fetch_files(self, uri: str, *, as_prefix: bool = False) -> dict[str, Path]:
+        """{bucket-relative name: local cached path} of the objects at/below a bucket URI in the
+        object store (downloaded when changed); {} without an object store or for other URIs."""
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is None or self.remote is None:
+            return {}
+        bucket, rel = split
+        root = self.bucket_path(bucket)
+        out: dict[str, Path] = {}
+        for name, info in sorted(self.remote.objects(bucket, rel, uri, as_prefix=as_prefix).items()):
+            local = self._inside(root, name, uri)
+            self.remote.download(bucket, name, local, info)
+            out[name] = local
+        return out
+
+    def publish(self, uri: str) -> int:
+        """Upload the local files under a bucket URI (one file or a directory tree) that changed
+        since they were last transferred; returns how many. A no-op without an object store."""
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is None or self.remote is None:
+            return 0
+        bucket, _rel = split
+        bucket_root = self.bucket_path(bucket).resolve()
+        path = self.resolve(uri)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            self._check_tree(path, bucket_root, uri)
+            files = [
+                Path(d) / f
+                for d, _dirs, names in os.walk(path, followlinks=True)
+                for f in sorted(names)
+                if not _TMP_RE.match(f)
+            ]
+        else:
+            return 0
+        count = 0
+        for f in files:
+            rel = f.relative_to(bucket_root).as_posix()
+            if self.remote.cached_token(bucket, rel, f) is not None:
+                continue  # unchanged since it was downloaded or uploaded
+            self.remote.upload(bucket, rel, f)
+            count += 1
+        return count
+
+    def remove(self, uri: str) -> None:
+        """Delete one object: the local file and, with an object store, the stored object."""
+        path = self.resolve(uri)
+        if path.is_file():
+            path.unlink()
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is not None and self.remote is not None:
+            self.remote.remove(*split)
+
     def _inside(self, base: Path, rel: str, uri: str) -> Path:
         parts = [p for p in rel.split("/") if p not in ("", ".")]
         if any(p == ".." for p in parts):
@@ -84,10 +185,13 @@ class ArtifactStore:
 
     # -- operations ------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is not None and self.remote is not None:
+            return bool(self.remote.objects(split[0], split[1], uri))
         return self.resolve(uri).exists()
 
     def read_bytes(self, uri: str) -> bytes:
-        path = self.resolve(uri)
+        path = self.fetch(uri)
         if not path.is_file():
             raise NotFound(f"No artifact at {uri}.")
         return path.read_bytes()
@@ -98,10 +202,16 @@ class ArtifactStore:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+        self.publish(uri)
         return path
 
     def list(self, uri: str) -> list[str]:
         """URIs of every file below a prefix (directory or file-name prefix)."""
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is not None and self.remote is not None:
+            scheme = uri.split("://", 1)[0]
+            names = self.remote.objects(split[0], split[1], uri, as_prefix=True)
+            return sorted(f"{scheme}://{split[0]}/{n}" for n in names)
         path = self.resolve(uri)
         if path.is_file():
             return [uri]
@@ -130,12 +240,14 @@ class ArtifactStore:
         a link out of it, a dangling link, a special file or an unreadable file is refused with
         InvalidArgument and nothing is left behind.
         """
-        source = self.resolve(uri)
-        if not source.exists():
-            raise InvalidArgument(f"artifactUri {uri!r} does not exist (looked in {source}).")
         for p in parts:
             if not p or "/" in p or p in (".", ".."):
                 raise InvalidArgument(f"Invalid snapshot path component {p!r}.")
+        if self.remote is not None and self.bucket_rel(uri) is not None:
+            return self._snapshot_remote(uri, self.registry_dir.joinpath(*parts))
+        source = self.resolve(uri)
+        if not source.exists():
+            raise InvalidArgument(f"artifactUri {uri!r} does not exist (looked in {source}).")
         if source.is_dir():
             parsed = urlparse(uri)
             confine = self.bucket_path(parsed.netloc).resolve() if parsed.scheme in _BUCKET_SCHEMES else None
@@ -154,6 +266,38 @@ class ArtifactStore:
                 tmp.mkdir(parents=True)
                 shutil.copy2(source, tmp / source.name)
         except (OSError, shutil.Error) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidArgument(
+                f"Could not copy the artifacts at {uri!r}: {_first_copy_error(exc)}"
+            ) from None
+        os.replace(tmp, dest)
+        return dest
+
+    def _snapshot_remote(self, uri: str, dest: Path) -> Path:
+        """A snapshot of exactly the stored objects at/below `uri` (via the local cache)."""
+        assert self.remote is not None
+        split = self.bucket_rel(uri)
+        assert split is not None
+        rel = split[1].rstrip("/")
+        files = self.fetch_files(uri)
+        if not files:
+            raise InvalidArgument(
+                f"artifactUri {uri!r} does not exist (looked in the object store {self.remote.display})."
+            )
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            for name, local in files.items():
+                inner = Path(local.name) if name == rel else Path(name[len(rel) + 1 :] if rel else name)
+                target = tmp / inner
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(local, target)
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InvalidArgument(
                 f"Could not copy the artifacts at {uri!r}: {_first_copy_error(exc)}"

@@ -1,0 +1,276 @@
+"""A real object store behind the buckets, through fsspec (`LOOPML_OBJECT_STORE_URL`).
+
+Bucket `B` lives at `<object_store_url>/B/...`; the store is the source of truth, shared by every
+loopml server pointed at it. The local `<artifact_root>/buckets/B/...` tree is a cache of it:
+`ArtifactStore.fetch*` download (only what changed), `ArtifactStore.publish` uploads what loopml
+wrote locally. Each cached file has a small token file under `<artifact_root>/object-cache/` (the
+remote version it came from, and the local size/mtime it had), so an unchanged object is never
+downloaded twice and a locally changed file is never mistaken for a fresh copy.
+
+Options for the fsspec backend come from `LOOPML_OBJECT_STORE_OPTIONS` (a JSON object, e.g.
+`{"client_kwargs": {"endpoint_url": "http://minio:9000"}}`) and from whatever the backend reads
+itself (`AWS_*` for s3fs). Neither the options nor credentials are ever logged: `display_url`
+drops user info from the URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+from loopml.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+META_DIR = ".loopml"
+"""Remote prefix for loopml's own records (bucket markers, object metadata, folders). A leading
+dot is never a valid bucket name, so it can't collide with a bucket."""
+
+
+def display_url(url: str) -> str:
+    """The URL without user info or query (they may carry credentials): safe to log or show."""
+    parsed = urlparse(url)
+    netloc = parsed.hostname or ""
+    if parsed.port:
+        netloc += f":{parsed.port}"
+    return urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
+
+
+def parse_options(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise FailedPrecondition(f"LOOPML_OBJECT_STORE_OPTIONS is not valid JSON: {exc.msg}.") from None
+    if not isinstance(value, dict):
+        raise FailedPrecondition("LOOPML_OBJECT_STORE_OPTIONS must be a JSON object.")
+    return value
+
+
+def check_rel(rel: str, uri: str) -> str:
+    """A bucket-relative object path with no empty, '.' or '..' segment (else InvalidArgument)."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts) or "\x00" in rel:
+        raise InvalidArgument(f"Artifact URI {uri!r} escapes its bucket.")
+    return "/".join(parts)
+
+
+def info_token(info: dict[str, Any]) -> str:
+    """A string that changes whenever the remote object changes (ETag, else mtime and size)."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    size = info.get("size")
+    if etag:
+        return f"{str(etag).strip(chr(34))}:{size}"
+    return f"{info_mtime_ns(info)}:{size}"
+
+
+def info_mtime_ns(info: dict[str, Any]) -> int:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return int(value.timestamp() * 1e9)
+        if isinstance(value, int | float):
+            return int(value * 1e9)
+        if isinstance(value, str):
+            try:
+                return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+            except ValueError:
+                continue
+    return 0
+
+
+class RemoteStore:
+    """The buckets of one fsspec URL: keys, listings, transfers and the cache tokens."""
+
+    def __init__(self, url: str, cache_dir: Path, options: dict[str, Any] | None = None) -> None:
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.url = url
+        self.display = display_url(url)
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        except (ImportError, ValueError) as exc:
+            # ImportError: the backend (e.g. s3fs for s3://) is not installed
+            raise FailedPrecondition(f"Cannot open the object store {self.display}: {exc}") from None
+        self.fs = fs
+        self.root = str(root).rstrip("/")
+        self.is_local = isinstance(fs, LocalFileSystem)
+        self.cache_dir = cache_dir
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    # -- keys ------------------------------------------------------------------------------
+    def key(self, bucket: str, rel: str = "") -> str:
+        base = f"{self.root}/{bucket}"
+        return f"{base}/{rel}" if rel else base
+
+    def meta_key(self, *parts: str) -> str:
+        return "/".join([self.root, META_DIR, *parts])
+
+    def confine(self, bucket: str, key: str, uri: str) -> None:
+        """On a file-system backend, refuse keys whose real path leaves the bucket (symlinks)."""
+        if not self.is_local:
+            return
+        base = os.path.realpath(self.key(bucket))
+        real = os.path.realpath(key)
+        if real != base and not real.startswith(base + os.sep):
+            raise InvalidArgument(f"Artifact URI {uri!r} escapes its bucket.")
+
+    # -- reads -----------------------------------------------------------------------------
+    def info(self, key: str) -> dict[str, Any] | None:
+        try:
+            info: dict[str, Any] = self.fs.info(key)
+        except FileNotFoundError:
+            return None
+        return info
+
+    def objects(
+        self, bucket: str, rel: str, uri: str, *, as_prefix: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """{bucket-relative name: info} of the object at `rel` and of every object below `rel/`.
+
+        With `as_prefix`, `rel` is a name prefix (`a/b` also matches `a/bc` and `a/b2/c`)."""
+        name_prefix = as_prefix and bool(rel) and not rel.endswith("/")
+        scan = posixpath.dirname(rel) if name_prefix else rel.rstrip("/")
+        try:
+            listing: dict[str, dict[str, Any]] = self.fs.find(self.key(bucket, scan), detail=True)
+        except FileNotFoundError:
+            listing = {}
+        base = self.key(bucket) + "/"
+        found: dict[str, dict[str, Any]] = {}
+        for k, info in listing.items():
+            if info.get("type") == "directory" or k.endswith("/") or not k.startswith(base):
+                continue
+            name = k[len(base) :]
+            if name_prefix:
+                ok = name.startswith(rel)
+            else:
+                ok = not scan or name == scan or name.startswith(scan + "/")
+            if ok:
+                self.confine(bucket, k, uri)
+                found[name] = info
+        return found
+
+    def bucket_exists(self, bucket: str) -> bool:
+        if self.fs.exists(self.meta_key("buckets", f"{bucket}.json")):
+            return True
+        try:
+            return bool(self.fs.isdir(self.key(bucket)))
+        except FileNotFoundError:
+            return False
+
+    def bucket_names(self) -> list[str]:
+        names: set[str] = set()
+        try:
+            for entry in self.fs.ls(self.root, detail=True):
+                name = posixpath.basename(str(entry["name"]).rstrip("/"))
+                if entry.get("type") == "directory" and not name.startswith("."):
+                    names.add(name)
+        except FileNotFoundError:
+            pass
+        try:
+            for entry in self.fs.ls(self.meta_key("buckets"), detail=False):
+                base = posixpath.basename(str(entry))
+                if base.endswith(".json"):
+                    names.add(base[: -len(".json")])
+        except FileNotFoundError:
+            pass
+        return sorted(names)
+
+    # -- transfers -------------------------------------------------------------------------
+    def _token_path(self, bucket: str, rel: str) -> Path:
+        return self.cache_dir / bucket / f"{hashlib.sha1(rel.encode()).hexdigest()}.token"
+
+    def cached_token(self, bucket: str, rel: str, local: Path) -> str | None:
+        """The remote token the local copy was made from, if the local file is unchanged since."""
+        try:
+            token, size, mtime = self._token_path(bucket, rel).read_text().split("\n")
+            st = local.stat()
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        if str(st.st_size) != size or str(st.st_mtime_ns) != mtime:
+            return None
+        return token
+
+    def remember(self, bucket: str, rel: str, local: Path, token: str) -> None:
+        st = local.stat()
+        path = self._token_path(bucket, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_text(f"{token}\n{st.st_size}\n{st.st_mtime_ns}")
+        os.replace(tmp, path)
+
+    def forget(self, bucket: str, rel: str) -> None:
+        self._token_path(bucket, rel).unlink(missing_ok=True)
+
+    def download(self, bucket: str, rel: str, local: Path, info: dict[str, Any]) -> bool:
+        """Make `local` a copy of the object (no transfer when the cache is fresh); True if copied."""
+        token = info_token(info)
+        if self.cached_token(bucket, rel, local) == token:
+            return False
+        if local.is_dir():
+            raise FailedPrecondition(
+                f"gs://{bucket}/{rel} is an object in the store but a directory in the local cache."
+            )
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+        try:
+            self.fs.get_file(self.key(bucket, rel), str(tmp))
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.remember(bucket, rel, local, token)
+        return True
+
+    def upload(self, bucket: str, rel: str, local: Path) -> dict[str, Any]:
+        """Write-through of one local file; the cache then counts as fresh. Returns the info."""
+        key = self.key(bucket, rel)
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
+        self.fs.put_file(str(local), key)
+        self.fs.invalidate_cache(posixpath.dirname(key))
+        info = self.info(key)
+        if info is None:  # eventual consistency: the write is acknowledged, the object is there
+            info = {"size": local.stat().st_size, "name": key}
+        self.remember(bucket, rel, local, info_token(info))
+        return info
+
+    def remove(self, bucket: str, rel: str) -> None:
+        key = self.key(bucket, rel)
+        try:
+            self.fs.rm_file(key)
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache(posixpath.dirname(key))
+        self.forget(bucket, rel)
+
+    # -- loopml's own records --------------------------------------------------------------
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.fs.cat_file(key))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_json(self, key: str, value: dict[str, Any]) -> None:
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
+        self.fs.pipe_file(key, json.dumps(value).encode())
+
+    def remove_key(self, key: str) -> None:
+        try:
+            self.fs.rm_file(key)
+        except FileNotFoundError:
+            pass
