@@ -17,6 +17,7 @@ class LoopmlError(Exception):
     code: ClassVar[str] = "INTERNAL"
     grpc_code: ClassVar[int] = 13
     reason: ClassVar[str] = "backendError"  # BigQuery-style reason
+    location: ClassVar[str | None] = None  # BigQuery `errors[].location`: the request field at fault
 
     def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
@@ -49,6 +50,7 @@ class InvalidQuery(InvalidArgument):
     """SQL we cannot parse or run; the message names the line and column when known."""
 
     reason = "invalidQuery"
+    location = "q"  # BigQuery names the query parameter `q` (locationType "parameter")
 
 
 class FailedPrecondition(LoopmlError):

@@ -105,6 +105,36 @@ def test_query_job_reply_shapes(http: httpx.Client) -> None:
     assert error_of(dup)["code"] == 409 and error_of(dup)["reason"] == "duplicate"
 
 
+def test_jobs_query_errors_name_line_and_column_of_the_googlesql(http: httpx.Client) -> None:
+    """A 400 invalidQuery with errors[].reason/location/message, positions in the text sent."""
+    cases = {
+        "SELECT n,\n  ts\nFROM ds.t\nWHERE n = = 3": "near '=' at [4:11]",  # sqlglot cannot parse
+        "SELECT n\nFROM ds.t\n  FOR SYSTEM_TIME AS OF CURRENT_TIMESTAMP()": '"FOR") at [3:3]',  # DuckDB parser
+        "SELECT n,\n  ts,\n      nosuch + 1 AS x\nFROM ds.t": "Unrecognized name: nosuch at [3:7]",  # binder
+        "SELECT n,\n   NOSUCHFN(n) AS y\nFROM ds.t": "Function not found: NOSUCHFN at [2:4]",
+    }
+    for sql, where in cases.items():
+        got = http.post(f"{BASE}/queries", json={"query": sql, "useLegacySql": False})
+        assert got.status_code == 400, got.text
+        error = got.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT" and where in error["message"], error
+        first = error["errors"][0]
+        assert (first["reason"], first["location"], first["locationType"]) == (
+            "invalidQuery",
+            "q",
+            "parameter",
+        )
+        assert first["message"] == error["message"]
+    # an inserted job keeps the same error in status.errorResult
+    job = http.post(
+        f"{BASE}/jobs",
+        json={"configuration": {"query": {"query": "SELECT n,\n  nosuch\nFROM ds.t", "useLegacySql": False}}},
+    ).json()
+    result = job["status"]["errorResult"]
+    assert result["reason"] == "invalidQuery" and result["location"] == "q"
+    assert result["message"] == "Unrecognized name: nosuch at [2:3]"
+
+
 def test_failed_job_is_done_with_error_result(http: httpx.Client) -> None:
     job = http.post(
         f"{BASE}/jobs",

@@ -226,6 +226,56 @@ def test_bad_sql_names_line_and_column(wh: Warehouse) -> None:
     assert "proj-a.ds" not in err.value.message or "trips" in err.value.message
 
 
+def test_error_positions_are_those_of_the_googlesql_text(wh: Warehouse) -> None:
+    """(a) sqlglot parse errors, (b) DuckDB parser errors after translation, (c) binder errors."""
+    cases = [
+        # (a) sqlglot cannot parse: the class name of sqlglot's node is not leaked
+        ("SELECT id,\n  zone\nFROM ds.trips\nWHERE id = = 3", r"Syntax error: .* at \[4:12\]$"),
+        # (b) sqlglot parses, DuckDB's parser rejects the translation: the token is found again
+        (
+            "SELECT id\nFROM ds.trips\n  FOR SYSTEM_TIME AS OF CURRENT_TIMESTAMP()",
+            r'DuckDB cannot parse \(syntax error at or near "FOR"\) at \[3:3\]$',
+        ),
+        (
+            "SELECT id,\n   CAST(id AS STRING FORMAT '999') AS s\nFROM ds.trips",
+            r'near "FORMAT"\) at \[2:22\]$',
+        ),
+        # (c) binder errors: a name in a comment or a string is not the one at fault
+        (
+            "-- nosuch here\nSELECT 'nosuch',\n    nosuch\nFROM ds.trips",
+            r"^Unrecognized name: nosuch at \[3:5\]$",
+        ),
+        (
+            "SELECT t.id,\n       t.nosuch\nFROM ds.trips AS t",
+            r"^Name nosuch not found inside t at \[2:10\]$",
+        ),
+        ("SELECT id,\n  x.zone\nFROM ds.trips", r"^Unrecognized name: x at \[2:3\]$"),
+        ("SELECT id,\n   nosuchfn(id) AS y\nFROM ds.trips", r"^Function not found: nosuchfn at \[2:4\]$"),
+        ("SELECT id, zone\nFROM ds.trips\nGROUP BY id", r"neither grouped nor aggregated at \[1:12\]$"),
+        ("SELECT 1;\nSELECT id,\n  bogus FROM ds.trips", r"^Unrecognized name: bogus at \[3:3\]$"),
+    ]
+    for sql, pattern in cases:
+        for run in (wh.query, wh.dry_run):
+            with pytest.raises(InvalidQuery, match=pattern) as err:
+                run(sql, project=P)
+            assert "sqlglot" not in err.value.message and "<class" not in err.value.message
+    # a misspelt name gets a suggestion, as BigQuery gives one
+    with pytest.raises(InvalidQuery, match=r"^Unrecognized name: zonee; Did you mean zone\? at \[2:3\]$"):
+        q(wh, "SELECT id,\n  zonee\nFROM ds.trips")
+    # an unknown table stays BigQuery's 404 notFound, now with its position
+    with pytest.raises(NotFound, match=r"Table proj-a:ds\.missing was not found in location US at \[3:6\]$"):
+        q(wh, "SELECT id\nFROM ds.trips\nJOIN ds.missing USING (id)")
+    # where DuckDB gives no position, or one that has no match in the text, the message says so
+    with pytest.raises(
+        InvalidQuery, match=r"No matching signature for \+ .*\[position unknown: DuckDB reports none"
+    ):
+        q(wh, "SELECT id\nFROM ds.trips\nWHERE zone > 1 + 'x'")
+    with pytest.raises(
+        InvalidQuery, match=r"near \":\"\) \[position unknown: DuckDB's position in the translated"
+    ):
+        q(wh, "SELECT id,\n COLLATE(zone, 'und:ci') FROM ds.trips")
+
+
 def test_export_data_shards(wh: Warehouse, tmp_path: Path) -> None:
     r = wh.query(
         "EXPORT DATA OPTIONS(uri='gs://bkt/taxi/train/*.csv', format='CSV', overwrite=true, header=true) AS "

@@ -56,12 +56,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(request: Request, status: int, message: str, status_name: str, reason: str) -> Response:
+def error_response(
+    request: Request, status: int, message: str, status_name: str, reason: str, location: str | None = None
+) -> Response:
     error: dict[str, Any] = {"code": status, "message": message, "status": status_name, "details": []}
     if request.url.path.startswith(
         ("/bigquery/", "/storage/", "/upload/storage/", "/download/storage/", "/upload/bigquery/")
     ):
-        error["errors"] = [{"reason": reason, "message": message, "domain": "global"}]
+        entry = {"reason": reason, "message": message, "domain": "global"}
+        if location:
+            entry |= {"location": location, "locationType": "parameter"}
+        error["errors"] = [entry]
     return json_response({"error": error}, status)
 
 
@@ -89,7 +94,7 @@ def create_app(platform: Platform) -> FastAPI:
     async def _loopml_error(request: Request, exc: LoopmlError) -> Response:
         if exc.status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return error_response(request, exc.status, exc.message, exc.code, exc.reason)
+        return error_response(request, exc.status, exc.message, exc.code, exc.reason, exc.location)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -9,12 +9,14 @@ rewritten for DuckDB and executed with bound parameters.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import logging
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 from sqlglot import exp
 
@@ -82,7 +84,9 @@ def dry_run(
                 continue
             assert error is not None
             raise translate.parse_error_to_invalid(error, script=sql, offset=stmt.offset)
-        virtual = _resolve_tables(wh, parsed, ctx, skip_missing=isinstance(parsed, exp.Create))
+        virtual = _resolve_tables(
+            wh, parsed, ctx, skip_missing=isinstance(parsed, exp.Create), script=sql, stmt=stmt
+        )
         if isinstance(parsed, exp.Query) and not calls:
             translate.name_anonymous_columns(parsed)
             translate.rewrite_functions(parsed)
@@ -97,9 +101,10 @@ def dry_run(
                 table.set("this", exp.to_identifier(name, quoted=True))
             try:
                 limited = exp.select("*").from_(parsed.subquery("q")).limit(0)
-                arrow = cur.sql(limited.sql("duckdb"), params=bound).to_arrow_table()
+                limited_sql = limited.sql("duckdb")
+                arrow = cur.sql(limited_sql, params=bound).to_arrow_table()
             except duckdb.Error as exc:
-                raise _duckdb_error(exc, sql, stmt) from exc
+                raise _duckdb_error(exc, sql, stmt, limited_sql, cur) from exc
             finally:
                 for name in names:
                     cur.unregister(name)
@@ -134,7 +139,13 @@ def _run_statement(wh: Warehouse, stmt: translate.Statement, script: str, ctx: Q
 
 
 def _resolve_tables(
-    wh: Warehouse, tree: exp.Expression, ctx: QueryContext, *, skip_missing: bool = False
+    wh: Warehouse,
+    tree: exp.Expression,
+    ctx: QueryContext,
+    *,
+    skip_missing: bool = False,
+    script: str = "",
+    stmt: translate.Statement | None = None,
 ) -> list[tuple[exp.Table, pa.Table]]:
     """Point every table at its DuckDB schema; INFORMATION_SCHEMA views come back as Arrow tables."""
     virtual: list[tuple[exp.Table, pa.Table]] = []
@@ -156,7 +167,12 @@ def _resolve_tables(
             continue
         if not skip_missing and not wh.table_exists(p, d, t):
             wh.get_dataset(p, d)
-            raise NotFound(f"Not found: Table {p}:{d}.{t} was not found in location US")
+            first = next(
+                (n for n in (table.args.get("catalog"), table.args.get("db"), table.this) if n), None
+            )
+            start = first.meta.get("start") if first is not None else None
+            where = translate.at(script, stmt.offset + start) if stmt and isinstance(start, int) else ""
+            raise NotFound(f"Not found: Table {p}:{d}.{t} was not found in location US{where}")
         table.set("catalog", None)
         table.set("db", exp.to_identifier(f"{p}.{d}", quoted=True))
         table.set("this", exp.to_identifier(t, quoted=True))
@@ -244,7 +260,9 @@ def _execute(
             raise AlreadyExists("Already Exists: Table {}:{}.{}".format(*target))
     elif not isinstance(tree, exp.Query):
         target = _target(tree, ctx)
-    virtual = _resolve_tables(wh, tree, ctx, skip_missing=isinstance(tree, exp.Create))
+    virtual = _resolve_tables(
+        wh, tree, ctx, skip_missing=isinstance(tree, exp.Create), script=script, stmt=stmt
+    )
     if isinstance(tree, exp.Query):
         translate.name_anonymous_columns(tree)
     elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
@@ -268,13 +286,13 @@ def _execute(
             try:
                 arrow = cur.sql(sql, params=params).to_arrow_table()
             except duckdb.Error as exc:
-                raise _duckdb_error(exc, script, stmt) from exc
+                raise _duckdb_error(exc, script, stmt, sql, cur) from exc
             return QueryResult(schema=schema_from_arrow(arrow.schema), table=arrow, statement_type="SELECT")
         with wh.write_lock:
             try:
                 rows = cur.execute(sql, params).fetchall()
             except duckdb.Error as exc:
-                raise _duckdb_error(exc, script, stmt) from exc
+                raise _duckdb_error(exc, script, stmt, sql, cur) from exc
             assert target is not None
             if isinstance(tree, exp.Create):
                 kind = str(tree.args.get("kind", "")).upper()
@@ -365,27 +383,98 @@ def _drop(wh: Warehouse, tree: exp.Drop, ctx: QueryContext) -> QueryResult:
 
 
 _LINE_RE = re.compile(r"\n?LINE \d+:.*", re.S)
+_PREFIX_RE = re.compile(r"^(Binder|Parser|Conversion|Catalog|Invalid Input|Not implemented) Error: ")
 _COLUMN_RE = re.compile(r'Referenced column "?([^"\s]+)"? not found')
+_QUALIFIED_RE = re.compile(r'Table "([^"]+)" does not have a column named "([^"]+)"')
+_QUALIFIER_RE = re.compile(r'Referenced table "([^"]+)" not found')
+_FUNCTION_RE = re.compile(r"(Scalar|Aggregate|Table) Function with name (\S+) does not exist")
+_GROUP_RE = re.compile(r'column "([^"]+)" must appear in the GROUP BY clause')
+_CANDIDATE_RE = re.compile(r'Candidate bindings: [:\s]*"([^"]+)"')
+_SIGNATURE_RE = re.compile(r'best candidate function for the function call "(.+?)\((.*)\)"')
+UNKNOWN_POSITION = " [position unknown: DuckDB reports none for this error]"
+UNMAPPED_POSITION = (
+    " [position unknown: DuckDB's position in the translated SQL has no match in the query text]"
+)
 
 
-def _duckdb_error(exc: duckdb.Error, script: str, stmt: translate.Statement) -> LoopmlError:
-    """A 400 naming the problem (and its position in the user's text when we can find it)."""
-    message = _LINE_RE.sub("", str(exc)).strip()
-    message = message.replace("_loopml", "catalog")
-    message = re.sub(r'"__tf_[0-9a-f]+"|__tf_[0-9a-f]+', "table function", message)
-    where = ""
-    m = _COLUMN_RE.search(message)
-    if m:
+def _duckdb_error(
+    exc: duckdb.Error,
+    script: str,
+    stmt: translate.Statement,
+    sql: str | None = None,
+    cur: duckdb.DuckDBPyConnection | None = None,
+) -> LoopmlError:
+    """A 400 naming the problem and its line and column in the user's GoogleSQL text.
+
+    DuckDB runs the translated SQL, so its positions are not the user's: names it reports
+    (columns, tables, functions) are looked up in the original statement, and a parser error's
+    offset (from `json_serialize_sql`) is mapped back token by token. When neither works, the
+    message says the position is unknown instead of pointing at the wrong place.
+    """
+    raw = str(exc)
+    full = _LINE_RE.sub("", raw).strip().replace("_loopml", "catalog")
+    full = re.sub(r'"__tf_[0-9a-f]+"|__tf_[0-9a-f]+', "table function", full)
+    head = _PREFIX_RE.sub("", full.splitlines()[0] if full else full).strip()
+    text, base = stmt.text, stmt.offset
+
+    def where(offset: int | None, unknown: str = UNMAPPED_POSITION) -> str:
+        return translate.at(script, None if offset is None else base + offset) or unknown
+
+    if m := _COLUMN_RE.search(full):
         name = m.group(1)
-        message = f"Unrecognized name: {name}"
-        hit = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", stmt.text)
-        if hit:
-            line, col = translate.position(script, stmt.offset + hit.start())
-            where = f" at [{line}:{col}]"
-    message = re.sub(
-        r"^(Binder|Parser|Conversion|Catalog|Invalid Input|Not implemented) Error: ", "", message
-    )
-    return InvalidQuery(f"{message}{where}")
+        hint = _CANDIDATE_RE.search(full)
+        close = hint and difflib.get_close_matches(name.lower(), [hint.group(1).lower()], cutoff=0.6)
+        did = f"; Did you mean {hint.group(1)}?" if hint and close else ""
+        return InvalidQuery(f"Unrecognized name: {name}{did}{where(translate.find_name(text, name))}")
+    if m := _QUALIFIED_RE.search(full):
+        table, name = m.group(1), m.group(2)
+        found = translate.find_name(text, name, qualifier=table)
+        return InvalidQuery(f"Name {name} not found inside {table}{where(found)}")
+    if m := _QUALIFIER_RE.search(full):
+        name = m.group(1)
+        found = translate.find_name(text, name, qualifier=None)
+        return InvalidQuery(f"Unrecognized name: {name}{where(found)}")
+    if m := _FUNCTION_RE.search(full):
+        name = m.group(2)
+        kind = "Table-valued function" if m.group(1) == "Table" else "Function"
+        found = translate.find_name(text, name, call=True)
+        if found is not None and text[found : found + len(name)].lower() == name.lower():
+            name = text[found : found + len(name)]  # as the user spelt it (DuckDB lower-cases it)
+        return InvalidQuery(f"{kind} not found: {name}{where(found)}")
+    if m := _GROUP_RE.search(full):
+        name = m.group(1)
+        return InvalidQuery(
+            f"SELECT list expression references column {name} which is neither grouped nor aggregated"
+            f"{where(translate.find_name(text, name))}"
+        )
+    if isinstance(exc, duckdb.ParserException) and sql is not None:
+        offset = _parser_offset(cur, sql)
+        found = translate.map_translated_offset(text, sql, offset) if offset is not None else None
+        near = re.search(r'at or near "([^"]*)"', head)
+        detail = f'syntax error at or near "{near.group(1)}"' if near else head
+        return InvalidQuery(
+            "Syntax error: the statement was translated to DuckDB SQL, which DuckDB cannot parse "
+            f"({detail}){where(found, UNMAPPED_POSITION if offset is not None else UNKNOWN_POSITION)}"
+        )
+    if m := _SIGNATURE_RE.search(full):
+        return InvalidQuery(
+            f"No matching signature for {m.group(1)} for argument types: {m.group(2)}; "
+            f"add explicit CASTs{UNKNOWN_POSITION}"
+        )
+    return InvalidQuery(f"{head}{UNKNOWN_POSITION}")
+
+
+def _parser_offset(cur: duckdb.DuckDBPyConnection | None, sql: str) -> int | None:
+    """The 0-based offset DuckDB's parser reports for `sql` (None when it reports none)."""
+    if cur is None:
+        return None
+    try:
+        rows = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+        row = rows[0] if rows else None
+        info = orjson.loads(row[0]) if row and isinstance(row[0], str) else {}
+        return int(info["position"]) if info.get("error") and "position" in info else None
+    except (duckdb.Error, ValueError, KeyError, TypeError):
+        return None
 
 
 def quote_table(project: str, dataset: str, table: str) -> str:

@@ -92,6 +92,8 @@ def job_status(job: Job) -> dict[str, Any]:
     status: dict[str, Any] = {"state": job.state}
     if job.error is not None:
         err = {"reason": job.error.reason, "message": job.error.message}
+        if job.error.location:
+            err |= {"location": job.error.location, "locationType": "parameter"}
         status["errorResult"] = err
         status["errors"] = [err]
     return status

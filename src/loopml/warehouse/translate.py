@@ -9,6 +9,7 @@ after the substitution still points at the right line and column.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import sqlglot
@@ -83,6 +84,7 @@ def parse_error_to_invalid(exc: ParseError, script: str, offset: int) -> Invalid
     errors = getattr(exc, "errors", None) or []
     first = errors[0] if errors else {}
     desc = str(first.get("description") or exc).split("<Token")[0].strip().rstrip(":")
+    desc = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", desc)  # sqlglot's node class, by name
     line, col = first.get("line"), first.get("col")
     if isinstance(line, int) and isinstance(col, int):
         highlight = str(first.get("highlight") or "")
@@ -281,3 +283,80 @@ def _name_select(node: exp.Select) -> None:
             continue
         node.expressions[i] = exp.alias_(item, f"f{n}_")
         n += 1
+
+
+# -- positions of names and tokens in the user's text (for errors the SQL engine reports) --------
+
+
+def _tokens_or_none(text: str, dialect: Any = _DIALECT) -> list[Token] | None:
+    try:
+        return list(dialect.tokenize(text))
+    except TokenError:
+        return None
+
+
+def find_name(text: str, name: str, *, qualifier: str | None = None, call: bool = False) -> int | None:
+    """Offset in `text` of the identifier `name` (case-insensitive), never inside a string or comment.
+
+    With `qualifier`, the name must follow `qualifier.`; with `call`, it must be a function name
+    (followed by `(`). An unqualified search prefers an occurrence that is not itself qualified.
+    """
+    tokens = _tokens_or_none(text)
+    if not tokens:
+        return None
+    want = name.lower()
+    loose: int | None = None
+    for i, tok in enumerate(tokens):
+        if tok.token_type == TokenType.STRING or tok.text.lower() != want:
+            continue
+        prev = tokens[i - 1] if i else None
+        after_dot = prev is not None and prev.token_type == TokenType.DOT
+        if call:
+            if i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.L_PAREN:
+                return tok.start
+            continue
+        if qualifier is not None:
+            if after_dot and i >= 2 and tokens[i - 2].text.lower() == qualifier.lower():
+                return tok.start
+            continue
+        if not after_dot:
+            return tok.start
+        loose = tok.start if loose is None else loose
+    return loose
+
+
+def map_translated_offset(original: str, translated: str, offset: int) -> int | None:
+    """Where the token at `offset` of the translated (DuckDB) SQL stands in the original text.
+
+    Tokens are matched by text and by order: the k-th occurrence of a token in the translated
+    SQL is the k-th in the original when both have it equally often, or the only one when the
+    original has it once. Anything else is unknown (None): the translation moved or renamed it.
+    """
+    from sqlglot.dialects.duckdb import DuckDB
+
+    out_tokens = _tokens_or_none(translated, DuckDB())
+    in_tokens = _tokens_or_none(original)
+    if not out_tokens or not in_tokens:
+        return None
+    hit = next((t for t in out_tokens if t.start <= offset <= t.end), None)
+    if hit is None:
+        hit = next((t for t in out_tokens if t.start >= offset), None)
+    if hit is None or hit.token_type == TokenType.STRING:
+        return None
+    key = hit.text.upper()
+    before = sum(1 for t in out_tokens if t.text.upper() == key and t.start < hit.start)
+    same_out = sum(1 for t in out_tokens if t.text.upper() == key)
+    same_in = [t for t in in_tokens if t.text.upper() == key and t.token_type != TokenType.STRING]
+    if len(same_in) == same_out:
+        return same_in[before].start
+    if len(same_in) == 1:
+        return same_in[0].start
+    return None
+
+
+def at(script: str, offset: int | None) -> str:
+    """` at [line:col]` for an offset in the whole script, or "" when the offset is unknown."""
+    if offset is None:
+        return ""
+    line, col = position(script, offset)
+    return f" at [{line}:{col}]"
