@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -235,12 +234,11 @@ async def _stream_media(
 
 
 def _download(request: Request, store: ObjectStore, bucket: str, name: str) -> Response:
-    meta = store.stat(bucket, name)
+    meta, path = store.local_copy(bucket, name)
     params = _params(request)
     gen = params.get("generation")
     if gen and gen != str(meta["generation"]):
         raise NotFound(f"No such object: {bucket}/{name} (generation {gen}).")
-    path: Path = store.object_path(bucket, name)
     size = int(meta["size"])
     headers = {
         "x-goog-generation": str(meta["generation"]),

@@ -6,6 +6,9 @@ metadata, generation, hashes) lives in a sidecar `<artifact_root>/gcs-meta/B/<sh
 recomputed from the file when it is missing or stale (the file was written directly). Uploads
 stream into `<artifact_root>/gcs-meta/.uploads/` and are renamed into place, so a reader never
 sees half an object.
+
+With a real object store configured (`LOOPML_OBJECT_STORE_URL`) buckets and objects live there
+and the bucket directories are a local cache: `loopml.api.storage_remote` does the store side.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 
 from loopml.artifacts import ArtifactStore
+
+if TYPE_CHECKING:
+    from loopml.api.storage_remote import RemoteObjects
 from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LoopmlError, NotFound
 
 
@@ -95,11 +101,20 @@ class ObjectStore:
         self.meta_dir = artifacts.root / "gcs-meta"
         self.uploads_dir = self.meta_dir / ".uploads"
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.rx: RemoteObjects | None = None
+        if artifacts.remote is not None:
+            from loopml.api.storage_remote import RemoteObjects
+
+            self.rx = RemoteObjects(self, artifacts.remote)
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_dir(self, bucket: str, *, must_exist: bool = True) -> Path:
         path = self.artifacts.bucket_path(bucket)
-        if must_exist and not path.is_dir():
+        if must_exist and self.rx is not None:
+            if not self.rx.bucket_exists(bucket):
+                raise NotFound(f"The specified bucket does not exist: {bucket}.")
+            path.mkdir(parents=True, exist_ok=True)
+        elif must_exist and not path.is_dir():
             raise NotFound(f"The specified bucket does not exist: {bucket}.")
         return path
 
@@ -108,7 +123,7 @@ class ObjectStore:
             data: dict[str, Any] = json.loads((self.meta_dir / bucket / "_bucket.json").read_text())
             return data
         except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+            return self.rx.bucket_meta(bucket) if self.rx is not None else {}
 
     def bucket_json(self, bucket: str) -> dict[str, Any]:
         path = self.bucket_dir(bucket)
@@ -131,23 +146,35 @@ class ObjectStore:
         }
 
     def list_buckets(self, prefix: str = "") -> list[dict[str, Any]]:
-        names = sorted(p.name for p in self.buckets_dir.iterdir() if p.is_dir() and p.name.startswith(prefix))
+        if self.rx is not None:
+            names = [n for n in self.rx.bucket_names() if n.startswith(prefix)]
+            for n in names:
+                if _valid_bucket(self.artifacts, n):
+                    self.artifacts.bucket_path(n).mkdir(parents=True, exist_ok=True)
+        else:
+            names = sorted(
+                p.name for p in self.buckets_dir.iterdir() if p.is_dir() and p.name.startswith(prefix)
+            )
         return [self.bucket_json(n) for n in names if _valid_bucket(self.artifacts, n)]
 
     def create_bucket(self, bucket: str, body: dict[str, Any]) -> dict[str, Any]:
         path = self.bucket_dir(bucket, must_exist=False)
-        try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            raise AlreadyExists(
-                f"Your previous request to create the named bucket succeeded and you already own it: {bucket}."
-            ) from None
         meta = {
             "created_ns": time.time_ns(),
             "location": str(body.get("location") or "US").upper(),
             "storageClass": body.get("storageClass") or "STANDARD",
             "labels": body.get("labels") or {},
         }
+        if self.rx is not None:
+            self.rx.create_bucket(bucket, meta)  # AlreadyExists when the store has it
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                raise AlreadyExists(
+                    f"Your previous request to create the named bucket succeeded and you already own it: {bucket}."
+                ) from None
         (self.meta_dir / bucket).mkdir(parents=True, exist_ok=True)
         (self.meta_dir / bucket / "_bucket.json").write_text(json.dumps(meta))
         return self.bucket_json(bucket)
@@ -158,7 +185,9 @@ class ObjectStore:
 
         if any(walk(self, path, "")):
             raise BucketNotEmpty(f"The bucket you tried to delete is not empty: {bucket}.")
-        shutil.rmtree(path)
+        if self.rx is not None:
+            self.rx.delete_bucket(bucket)
+        shutil.rmtree(path, ignore_errors=self.rx is not None)
         shutil.rmtree(self.meta_dir / bucket, ignore_errors=True)
 
     # -- objects ---------------------------------------------------------------------------
@@ -185,6 +214,8 @@ class ObjectStore:
 
     def stat(self, bucket: str, name: str) -> dict[str, Any]:
         """The stored facts about an object (hashes recomputed when the file changed behind us)."""
+        if self.rx is not None:
+            return self.rx.stat(bucket, name)[0]
         path = self.object_path(bucket, name)
         placeholder = name.endswith("/")
         if placeholder:
@@ -292,9 +323,11 @@ class ObjectStore:
                 raise InvalidArgument(
                     f"Provided CRC32C {expected_crc!r} doesn't match the calculated checksum."
                 )
+            if name.endswith("/") and hasher.size:
+                raise InvalidArgument(f"Object {name!r} ends with '/': only empty folder placeholders.")
+            if self.rx is not None:
+                return self.rx.commit(bucket, name, temp, self._new_meta(name, hasher, resource, temp))
             if name.endswith("/"):
-                if hasher.size:
-                    raise InvalidArgument(f"Object {name!r} ends with '/': only empty folder placeholders.")
                 path.mkdir(parents=True, exist_ok=True)
             else:
                 self._check_no_conflict(bucket, name, path)
@@ -302,12 +335,17 @@ class ObjectStore:
                 os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
-        st = path.stat()
+        meta = self._new_meta(name, hasher, resource, path)
+        meta["mtime_ns"] = path.stat().st_mtime_ns
+        self._write_sidecar(bucket, name, meta)
+        return meta
+
+    @staticmethod
+    def _new_meta(name: str, hasher: Hasher, resource: dict[str, Any], path: Path) -> dict[str, Any]:
         now_ns = time.time_ns()
-        meta = {
+        meta: dict[str, Any] = {
             "name": name,
-            "size": 0 if name.endswith("/") else st.st_size,
-            "mtime_ns": st.st_mtime_ns,
+            "size": 0 if name.endswith("/") else path.stat().st_size,
             "generation": now_ns // 1000,
             "metageneration": 1,
             "created_ns": now_ns,
@@ -318,7 +356,6 @@ class ObjectStore:
         for key in ("contentEncoding", "contentDisposition", "cacheControl", "contentLanguage"):
             if resource.get(key):
                 meta[key] = str(resource[key])
-        self._write_sidecar(bucket, name, meta)
         return meta
 
     def _check_no_conflict(self, bucket: str, name: str, path: Path) -> None:
@@ -340,6 +377,8 @@ class ObjectStore:
         self.stat(bucket, name)
         self.check_preconditions(bucket, name, params)
         path = self.object_path(bucket, name)
+        if self.rx is not None:
+            self.rx.delete(bucket, name)
         if name.endswith("/"):
             try:
                 path.rmdir()
@@ -382,15 +421,17 @@ class ObjectStore:
                 meta["metadata"] = merged
         meta["metageneration"] = int(meta.get("metageneration", 1)) + 1
         meta["updated_ns"] = time.time_ns()
+        if self.rx is not None:
+            self.rx.save_meta(bucket, name, meta)
         self._write_sidecar(bucket, name, meta)
         return meta
 
     def copy(
         self, src_bucket: str, src: str, dst_bucket: str, dst: str, body: dict[str, Any]
     ) -> dict[str, Any]:
-        meta = self.stat(src_bucket, src)
+        meta, source = self.local_copy(src_bucket, src)
         temp = self.new_temp()
-        shutil.copyfile(self.object_path(src_bucket, src), temp)
+        shutil.copyfile(source, temp)
         resource = {k: meta.get(k) for k in ("contentType", "metadata", "contentEncoding", "cacheControl")}
         resource.update({k: v for k, v in body.items() if k in ("contentType", "metadata", "cacheControl")})
         return self.commit(dst_bucket, dst, temp, resource, None, {})
@@ -401,6 +442,12 @@ class ObjectStore:
         from loopml.api.storage_listing import list_objects
 
         return list_objects(self, bucket, **options)
+
+    def local_copy(self, bucket: str, name: str) -> tuple[dict[str, Any], Path]:
+        """(stored facts, local file) of an object, fetched from the object store when there is one."""
+        if self.rx is not None:
+            return self.rx.local_copy(bucket, name)
+        return self.stat(bucket, name), self.object_path(bucket, name)
 
     def _has_placeholder(self, bucket: str, name: str) -> bool:
         return self._sidecar(bucket, name).is_file()

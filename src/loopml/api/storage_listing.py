@@ -24,6 +24,9 @@ _TMP_RE = re.compile(r"^\..*\.tmp-\d+$")
 
 
 def walk(store: ObjectStore, root: Path, start: str) -> Iterator[str]:
+    if store.rx is not None:  # the object store's listing, not the local cache
+        yield from store.rx.names(root.name, start.strip("/"))
+        return
     base = root.joinpath(*[p for p in start.split("/") if p]) if start else root
     if not base.is_dir():
         return
