@@ -189,10 +189,15 @@ class FactoryMixin:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(spec.artifact_dir, dest, symlinks=False)
-        return self.artifacts.uri_for(dest)
+        uri: str = self.artifacts.uri_for(dest)
+        self.artifacts.publish(uri)  # the container reads it over the storage API: the store
+        return uri
 
     def _cleanup_storage(self, spec: DeployedModelSpec) -> None:
         if spec.framework == CUSTOM:
-            with contextlib.suppress(LoopmlError):
+            with contextlib.suppress(LoopmlError, OSError):  # OSError: the object store
                 dest = self.artifacts.bucket_path(STORAGE_BUCKET) / spec.endpoint_id / spec.deployed_model_id
+                if self.artifacts.remote is not None:
+                    for uri in self.artifacts.list(self.artifacts.uri_for(dest) + "/"):
+                        self.artifacts.remove(uri)
                 shutil.rmtree(dest, ignore_errors=True)

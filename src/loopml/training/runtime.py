@@ -59,7 +59,7 @@ def check_package_uris(store: ArtifactStore, uris: list[str]) -> list[Path]:
                 f"packageUris entry {uri!r} is not a gs:// URI: upload the sdist to a bucket first "
                 "(e.g. `gsutil cp dist/pkg.tar.gz gs://bucket/code/` against loopml)."
             )
-        path = store.resolve(uri)
+        path = store.fetch(uri)  # from the object store into the local cache, when there is one
         if not path.is_file():
             raise InvalidArgument(f"packageUris entry {uri!r} does not exist in the store.")
         paths.append(path)

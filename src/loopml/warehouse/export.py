@@ -139,6 +139,7 @@ def write_shards(
         path = wh.artifacts.resolve(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_shard(path, table, fmt, header, delimiter)
+        wh.artifacts.publish(uri)  # to the object store, when there is one
         return [uri]
     prefix, suffix = uri.split("*")
     if "/" not in prefix.split("://", 1)[-1]:
@@ -147,19 +148,27 @@ def write_shards(
     target_dir = wh.artifacts.resolve(base + "/")
     target_dir.mkdir(parents=True, exist_ok=True)
     existing = [p for p in target_dir.iterdir() if p.is_file() and p.name.startswith(name_prefix)]
-    if existing and not overwrite:
+    stored = []  # with an object store, the objects it holds under the prefix count too
+    if wh.artifacts.remote is not None:
+        stored = [u for u in wh.artifacts.list(prefix) if "/" not in u[len(prefix) :]]
+    if (existing or stored) and not overwrite:
         raise InvalidQuery(
-            f"Export destination {uri} is not empty ({len(existing)} file(s)); use overwrite=true."
+            f"Export destination {uri} is not empty ({max(len(existing), len(stored))} file(s)); "
+            "use overwrite=true."
         )
     for p in existing:
         if p.name.endswith(suffix):
             p.unlink()
+    for u in stored:
+        if u.endswith(suffix):
+            wh.artifacts.remove(u)
     shards = max(1, -(-table.num_rows // SHARD_ROWS))
     written = []
     for i in range(shards):
         name = f"{name_prefix}{i:012d}{suffix}"
         _write_shard(target_dir / name, table.slice(i * SHARD_ROWS, SHARD_ROWS), fmt, header, delimiter)
         written.append(f"{prefix}{i:012d}{suffix}")
+        wh.artifacts.publish(written[-1])
     return written
 
 

@@ -30,13 +30,17 @@ def expand_uris(store: ArtifactStore, uris: list[str]) -> list[Path]:
         bucket_root = store.bucket_path(parsed.netloc).resolve()
         pattern = parsed.path.lstrip("/")
         if not glob.has_magic(pattern):
-            path = store.resolve(uri)
+            path = store.fetch(uri)
             if not path.is_file():
                 raise InvalidArgument(f"inputConfig.gcsSource.uris: no file at {uri}.")
             files.append(path)
             continue
         if ".." in pattern.split("/"):
             raise InvalidArgument(f"inputConfig.gcsSource.uris: {uri!r} escapes its bucket.")
+        if store.remote is not None:  # bring the stored objects below the glob's fixed part
+            parts = pattern.split("/")
+            fixed = "/".join(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
+            store.fetch_files(f"{parsed.scheme}://{parsed.netloc}/{fixed}")
         matches = sorted(
             p.resolve()
             for p in map(Path, glob.glob(str(bucket_root / pattern), recursive=True))

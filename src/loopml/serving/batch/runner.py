@@ -367,6 +367,8 @@ class BatchRunner:
             warehouse = self.warehouse()
             if warehouse is not None:
                 forget_job(warehouse, row_job_id)
+        if work["output"]["kind"] == "jsonl":  # the output files to the object store, if there is one
+            self.store.publish(work["output"]["gcsOutputDirectory"])
         if ok == 0 and failed > 0:
             self._finish(
                 pk,
