@@ -68,6 +68,51 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
     return value
 
 
+BATCH_SIZE_LABEL = "loopml-max-batch-size"
+BATCH_WAIT_LABEL = "loopml-batch-wait-ms"
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_WAIT_MS = 10_000
+
+
+def batching(labels: Any, field: str = "deployedModel.systemLabels") -> dict[str, Any]:
+    """Per-deployment micro-batching from `systemLabels` (a string map the Vertex SDK passes on).
+
+    `loopml-max-batch-size` (1..1024 requests per replica call) and `loopml-batch-wait-ms`
+    (0..10000, decimals allowed: how long a worker waits to fill a batch) become the runtime's
+    `maxBatchSize` / `batchWaitSeconds`; other `loopml-*` keys are refused (a typo would
+    otherwise be silently ignored). Returns {} when neither is set.
+    """
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument(f"{field} must be a map of strings to strings.")
+    out: dict[str, Any] = {}
+    for key, raw in labels.items():
+        if not key.startswith("loopml-"):
+            continue
+        where = f"{field}[{key!r}]"
+        if key == BATCH_SIZE_LABEL:
+            value = raw.strip()
+            if not value.isdigit() or not 1 <= int(value) <= MAX_BATCH_SIZE:
+                raise InvalidArgument(f"{where} must be an integer from 1 to {MAX_BATCH_SIZE}, got {raw!r}.")
+            out["maxBatchSize"] = int(value)
+        elif key == BATCH_WAIT_LABEL:
+            try:
+                ms = float(raw)
+            except ValueError:
+                ms = float("nan")
+            if not 0 <= ms <= MAX_BATCH_WAIT_MS:  # NaN fails too
+                raise InvalidArgument(
+                    f"{where} must be a number of milliseconds from 0 to {MAX_BATCH_WAIT_MS}, got {raw!r}."
+                )
+            out["batchWaitSeconds"] = ms / 1000.0
+        else:
+            raise InvalidArgument(
+                f"{where}: unknown loopml label; use {BATCH_SIZE_LABEL!r} or {BATCH_WAIT_LABEL!r}."
+            )
+    return out
+
+
 def machine_spec(value: Any, field: str) -> dict[str, Any]:
     if value is None:
         return {"machineType": DEFAULT_MACHINE_TYPE}
@@ -227,7 +272,12 @@ def deployed_model_spec(endpoint: EndpointRow, dm: DeployedModelRow) -> Deployed
         max_replicas=high,
         autoscaling_metric_specs=specs,
         machine_type=machine,
-        extra={"displayName": dm.display_name, **dict(dm.extra or {}), **dict(dm.resources or {})},
+        extra={
+            "displayName": dm.display_name,
+            **dict(dm.extra or {}),
+            **dict(dm.resources or {}),
+            **batching((dm.extra or {}).get("systemLabels")),
+        },
     )
 
 

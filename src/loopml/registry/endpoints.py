@@ -183,6 +183,7 @@ class EndpointService(EndpointUpdates):
         display = dm_body.get("displayName")
         if display is not None and not isinstance(display, str):
             raise InvalidArgument("deployedModel.displayName must be a string.")
+        batch = dep.batching(dm_body.get("systemLabels"))
         backend = self._require_serving()
         name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
         with self._lock(name):
@@ -190,6 +191,11 @@ class EndpointService(EndpointUpdates):
                 row = self._endpoint_row(session, project, location, endpoint_id)
                 model = store.get_model_row(session, project, location, model_id)
                 version_row = store.resolve_version_row(session, model, version)
+                if batch and version_row.framework == "custom-container":
+                    raise InvalidArgument(
+                        "deployedModel.systemLabels: loopml-* batching labels apply to built-in model "
+                        "servers; a custom container gets one HTTP request per prediction request."
+                    )
                 res = dep.resources(dm_body, supported_deployment_types(version_row.framework))
                 if dm_id is None:
                     dm_id = new_deployed_model_id()

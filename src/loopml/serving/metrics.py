@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REPLICA_STATES = ("ready", "starting", "restarting", "unhealthy", "draining", "dead")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -42,6 +43,13 @@ class ServingMetrics:
             labels,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "loopml_predict_batch_size",
+            "Requests coalesced into one replica call (count: calls, sum: requests)",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.cpu = Gauge(
             "loopml_replica_cpu_utilization",
             "Mean CPU utilisation of the replicas (percent of a core)",
@@ -68,7 +76,15 @@ class ServingMetrics:
         """Drop an undeployed model's series."""
         key = (endpoint_id, deployed_model_id)
         removals: list[tuple[Any, tuple[str, ...]]] = [
-            (m, key) for m in (self.requests, self.latency, self.queue_depth, self.target_replicas, self.cpu)
+            (m, key)
+            for m in (
+                self.requests,
+                self.latency,
+                self.batch_size,
+                self.queue_depth,
+                self.target_replicas,
+                self.cpu,
+            )
         ]
         removals += [(self.replicas, (*key, state)) for state in REPLICA_STATES]
         if bound is not None:
@@ -83,13 +99,14 @@ class ServingMetrics:
 class BoundMetrics:
     """Label children resolved once at deploy time, so the hot path only increments."""
 
-    __slots__ = ("_base", "_errors", "_labels", "latency", "requests")
+    __slots__ = ("_base", "_errors", "_labels", "batch_size", "latency", "requests")
 
     def __init__(self, metrics: ServingMetrics, endpoint_id: str, deployed_model_id: str) -> None:
         self._base = metrics
         self._labels = (endpoint_id, deployed_model_id)
         self.requests = metrics.requests.labels(endpoint_id, deployed_model_id)
         self.latency = metrics.latency.labels(endpoint_id, deployed_model_id)
+        self.batch_size = metrics.batch_size.labels(endpoint_id, deployed_model_id)
         self._errors: dict[int, Any] = {}
 
     def error_codes(self) -> list[int]:

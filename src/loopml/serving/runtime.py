@@ -55,6 +55,7 @@ class DeployedRuntime:
         self._pending_start: list[Replica] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.requests_total = 0
+        self.batches_total = 0  # replica calls; requests_total / batches_total is the mean batch
         self.batch_wait_s = float(spec.extra.get("batchWaitSeconds", 0.0) or 0.0)
         self.max_batch_override = int(spec.extra.get("maxBatchSize", 0) or 0)
         self.metrics: Any = None  # bound per-deployment metric children, set by the service
@@ -171,10 +172,13 @@ class DeployedRuntime:
                     await waiter
                     continue
                 if self.batch_wait_s > 0 and len(queue) < max_batch:
-                    await asyncio.sleep(self.batch_wait_s)
+                    await self._fill(replica, generation, max_batch)
                     if not queue:
                         continue
                 n = min(len(queue), max_batch)
+                self.batches_total += 1
+                if self.metrics is not None:
+                    self.metrics.batch_size.observe(n)
                 batch = [queue.popleft() for _ in range(n)]
                 replica.inflight += n
                 try:
@@ -204,6 +208,26 @@ class DeployedRuntime:
                 tasks.remove(current)  # type: ignore[arg-type]
                 if not tasks:
                     self._workers.pop(replica.replica_id, None)
+
+    async def _fill(self, replica: Replica, generation: int, max_batch: int) -> None:
+        """Wait until `max_batch` requests are queued or `batch_wait_s` has passed.
+
+        Every submit wakes one waiting worker, so a filling worker re-checks the queue as
+        requests arrive and takes a full batch at once instead of sleeping out the whole wait.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        queue = self.queue
+        while queue and len(queue) < max_batch and replica.state == "ready" and replica.generation == generation:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return
 
     def _requeue(self, batch: list[Pending], reason: str) -> None:
         for p in reversed(batch):

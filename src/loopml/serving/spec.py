@@ -14,8 +14,10 @@ be called anywhere. `deploy` of an already running deployed model id behaves as 
 
 Fields read from `DeployedModelSpec.extra` by the runtime (all optional):
 `maxBatchSize` (int, cap on requests coalesced into one replica call; default 64 for the
-built-in servers, 1 for custom containers) and `batchWaitSeconds` (float, extra time a replica
-worker waits to fill a batch; default 0 = adaptive batching with no added latency).
+built-in servers, 1 for custom containers) and `batchWaitSeconds` (float, longest time a replica
+worker waits for a batch to fill; default 0 = adaptive batching with no added latency). The
+registry derives both from the deployed model's `systemLabels` (`loopml-max-batch-size`,
+`loopml-batch-wait-ms`; see `loopml.registry.deployments.batching`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""Per-deployment micro-batching: systemLabels on :deployModel, validated, stored, replayed, applied.
+
+Coalescing is observed through the `loopml_predict_batch_size` histogram on /metrics (count =
+replica calls, sum = requests), never through timing: with a long batch wait a worker takes the
+batch as soon as it is full, so N concurrent requests make exactly one call of N.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import aiplatform
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.serving_helpers import PARENT, call, create_endpoint, save, train, upload
+
+N = 4
+
+
+def _batch_histogram(url: str, dm_id: str) -> dict[str, float]:
+    """`count`, `sum` and `le_1` (calls of exactly one request) of a deployed model's batches."""
+    out = {"count": 0.0, "sum": 0.0, "le_1": 0.0}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "loopml_predict_batch_size":
+            continue
+        for s in family.samples:
+            if s.labels.get("deployed_model") != dm_id:
+                continue
+            if s.name.endswith("_count"):
+                out["count"] = s.value
+            elif s.name.endswith("_sum"):
+                out["sum"] = s.value
+            elif s.name.endswith("_bucket") and float(s.labels["le"]) == 1.0:
+                out["le_1"] = s.value
+    return out
+
+
+def _concurrent_predicts(url: str, endpoint: str, rows: list[list[float]]) -> list[Any]:
+    def one(row: list[float]) -> Any:
+        r = httpx.post(f"{url}/v1/{endpoint}:predict", json={"instances": [row]}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"][0]
+
+    with ThreadPoolExecutor(len(rows)) as pool:
+        return list(pool.map(one, rows))
+
+
+def _deploy_body(model_id: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "deployedModel": {
+            "model": f"{PARENT}/models/{model_id}",
+            "dedicatedResources": {
+                "machineSpec": {"machineType": "n1-standard-2"},
+                "minReplicaCount": 1,
+                "maxReplicaCount": 1,
+            },
+            "systemLabels": labels,
+        },
+        "trafficSplit": {"0": 100},
+    }
+
+
+def test_batching_labels_validated_stored_replayed_and_applied(server: Any) -> None:
+    clf, x = train()
+    upload(server.url, "batchy", save(server.home, clf, "batchy"))
+    rows = x[:N].tolist()
+    expected = clf.predict(x[:N]).tolist()
+
+    # -- validation: a 400 naming the label, and nothing deployed ------------------------------
+    bad_ep = create_endpoint(server.url, "batch-bad")
+    for labels, needle in [
+        ({"loopml-max-batch-size": "0"}, "'loopml-max-batch-size'] must be an integer from 1 to 1024"),
+        ({"loopml-max-batch-size": "4.5"}, "'loopml-max-batch-size'] must be an integer"),
+        ({"loopml-batch-wait-ms": "-1"}, "'loopml-batch-wait-ms'] must be a number of milliseconds"),
+        ({"loopml-batch-wait-ms": "nan"}, "'loopml-batch-wait-ms'] must be a number of milliseconds"),
+        ({"loopml-batch-wait-ms": "10001"}, "from 0 to 10000"),
+        ({"loopml-max-batchsize": "4"}, "unknown loopml label"),
+    ]:
+        r = httpx.post(
+            f"{server.url}/v1/{bad_ep}:deployModel", json=_deploy_body("batchy", labels), timeout=60
+        )
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT" and needle in error["message"], error
+        assert "deployedModel.systemLabels[" in error["message"]
+    assert call(server.url, "GET", bad_ep).get("deployedModels", []) == []
+
+    # -- max batch 1, deployed through the Vertex SDK (system_labels passes through) ----------
+    os.environ["NO_GCE_CHECK"] = "true"
+    aiplatform.init(
+        project="p",
+        location="us-central1",
+        api_endpoint=server.url,
+        api_transport="rest",
+        credentials=AnonymousCredentials(),
+    )
+    one_ep = aiplatform.Endpoint.create(display_name="batch-one")
+    one_ep.deploy(
+        aiplatform.Model(f"{PARENT}/models/batchy"),
+        traffic_percentage=100,
+        system_labels={"loopml-max-batch-size": "1", "loopml-batch-wait-ms": "10000"},
+    )
+    dm_one = one_ep.list_models()[0].id
+    shown = call(server.url, "GET", one_ep.resource_name)["deployedModels"][0]
+    assert shown["systemLabels"] == {"loopml-max-batch-size": "1", "loopml-batch-wait-ms": "10000"}
+    assert _concurrent_predicts(server.url, one_ep.resource_name, rows) == expected
+    # a batch of 1 is always full, so the long wait never applies: N calls of one request each
+    assert _batch_histogram(server.url, dm_one) == {"count": N, "sum": N, "le_1": N}
+
+    # -- max batch N with a long wait: N concurrent requests make one call ---------------------
+    many_ep = create_endpoint(server.url, "batch-many")
+    labels = {"loopml-max-batch-size": str(N), "loopml-batch-wait-ms": "10000"}
+    op = call(server.url, "POST", f"{many_ep}:deployModel", json=_deploy_body("batchy", labels))
+    assert op["done"] and "error" not in op, op
+    dm_many = op["response"]["deployedModel"]["id"]
+    assert _concurrent_predicts(server.url, many_ep, rows) == expected
+    assert _batch_histogram(server.url, dm_many) == {"count": 1, "sum": N, "le_1": 0}
+
+    # -- stored with the deployed model: after a restart the replayed deployment batches alike --
+    server.restart()
+    assert _concurrent_predicts(server.url, many_ep, rows) == expected
+    assert _batch_histogram(server.url, dm_many) == {"count": 1, "sum": N, "le_1": 0}
+    assert _concurrent_predicts(server.url, one_ep.resource_name, rows) == expected
+    assert _batch_histogram(server.url, dm_one) == {"count": N, "sum": N, "le_1": N}
