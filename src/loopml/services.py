@@ -98,6 +98,10 @@ def build(platform: Platform) -> None:
     )
     if _settings.gcs_mount is not None:
         platform.on_start("gcs-mount", gcs_view.mount_hook)
+    # managed datasets (DATASETS): tabular Vertex datasets over the store and the warehouse
+    from loopml import datasets
+
+    platform.services["datasets"] = datasets.build(platform)
     # training (JOBS): after envs/images, before serving; looks images/envs/registry up lazily
     from loopml import training
 

@@ -298,7 +298,7 @@ def test_rest_pipeline_with_warehouse_table_gets_data_variables(srv: ServerProce
     assert "AIP_MODEL_DIR = gs://staging-bucket/with-data/model/" in text
     bad = dict(body, inputDataConfig={"datasetId": "123"})
     r = _post(srv, "trainingPipelines", bad)
-    assert r.status_code == 400 and "Managed datasets" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "datasets/123 does not exist" in r.json()["error"]["message"]
 
 
 def _cli(srv: ServerProcess, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

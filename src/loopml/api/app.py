@@ -27,6 +27,7 @@ ROUTE_MODULES = [
     "loopml.api.operations",
     "loopml.api.vertex_models",
     "loopml.api.vertex_endpoints",
+    "loopml.api.vertex_datasets",
     "loopml.api.predict",
     "loopml.api.bigquery",
     "loopml.api.pubsub",

@@ -62,11 +62,12 @@ def emulator_env(url: str, project: str, location: str | None = None) -> dict[st
 
 
 def data_env(input_data_config: dict[str, Any] | None) -> dict[str, str]:
-    """`AIP_DATA_FORMAT` and `AIP_*_DATA_URI` from a TrainingPipeline inputDataConfig.
+    """`AIP_DATA_FORMAT` and `AIP_*_DATA_URI` from the loopml extensions of an inputDataConfig.
 
-    Managed datasets do not exist in loopml; the loopml extensions are
-    `warehouseTable` ("bq://p.d.t" or {"training", "validation", "test"}) and
-    `dataUris` ({"format": "csv"|"jsonl", "training", "validation", "test"}).
+    The extensions are `warehouseTable` ("bq://p.d.t" or {"training", "validation", "test"}) and
+    `dataUris` ({"format": "csv"|"jsonl", "training", "validation", "test"}). A managed dataset
+    (`datasetId`) gives its variables when the job starts (`loopml.datasets`), so here it gives
+    none; it cannot be combined with the extensions.
     """
     if not input_data_config:
         return {}
@@ -74,11 +75,13 @@ def data_env(input_data_config: dict[str, Any] | None) -> dict[str, str]:
         raise InvalidArgument("inputDataConfig must be an object.")
     table = input_data_config.get("warehouseTable")
     uris = input_data_config.get("dataUris")
-    if input_data_config.get("datasetId") and not (table or uris):
-        raise InvalidArgument(
-            "Managed datasets (inputDataConfig.datasetId) are not supported by loopml; give the data "
-            "as inputDataConfig.warehouseTable ('bq://project.dataset.table') or inputDataConfig.dataUris."
-        )
+    if input_data_config.get("datasetId"):
+        if table or uris:
+            raise InvalidArgument(
+                "inputDataConfig has a datasetId and also warehouseTable/dataUris; give only one "
+                "source of training data."
+            )
+        return {}
     env: dict[str, str] = {}
     if table:
         parts = {"training": table} if isinstance(table, str) else table

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import select
 
-from loopml.errors import LoopmlError
+from loopml.errors import FailedPrecondition, LoopmlError
 from loopml.metadata import Database
 from loopml.metadata.jobs_tables import TrainingJobRow
 from loopml.refs import now
@@ -36,6 +36,8 @@ from loopml.training.store import CUSTOM_JOBS, JobStore, job_name
 log = logging.getLogger(__name__)
 
 Hook = Callable[[TrainingJobRow], None]
+# (job pk, the job's dataset plan, its log) -> AIP_DATA_FORMAT and AIP_*_DATA_URI variables
+DataHook = Callable[[int, dict[str, Any], TextIO], dict[str, str]]
 
 
 def _load_libc() -> Any:
@@ -111,6 +113,7 @@ class JobRunner:
         self.poll_s = poll_s
         self.on_started: list[Hook] = []
         self.on_finished: list[Hook] = []
+        self.prepare_data: DataHook | None = None  # set by the TrainingService (managed datasets)
         self._active: dict[int, _Active] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -219,6 +222,7 @@ class JobRunner:
             spec = parse_job_spec(row.spec.get("jobSpec", {}))
             project, location, job_id = row.project, row.location, row.job_id
             data_env = dict(row.spec.get("dataEnv") or {})
+            dataset_plan = row.spec.get("datasetPlan")
             log_path = Path(row.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as logf:
@@ -234,6 +238,15 @@ class JobRunner:
             if act.cancel.is_set():
                 self._finish(pk, "JOB_STATE_CANCELLED", 1, "The job was cancelled before it started.")
                 return
+            if dataset_plan:
+                try:
+                    if self.prepare_data is None:
+                        raise FailedPrecondition("managed datasets are not configured on this server")
+                    data_env.update(self.prepare_data(pk, dataset_plan, logf))
+                except LoopmlError as exc:
+                    logf.write(f"[loopml] preparing the dataset failed: {exc.message}\n")
+                    self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the dataset failed: {exc.message}")
+                    return
             env = job_env(
                 base_env=dict(os.environ),
                 bin_dirs=launch.bin_dirs,

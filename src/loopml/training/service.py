@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from loopml.errors import FailedPrecondition, InvalidArgument, LoopmlError, NotFound
 from loopml.metadata import Database
@@ -48,6 +48,7 @@ class TrainingService:
         self.logs_dir = logs_dir
         runner.on_started.append(self._job_started)
         runner.on_finished.append(self._job_finished)
+        runner.prepare_data = self._prepare_data
 
     # -- create ----------------------------------------------------------------------------
     def _validate(self, job_spec: dict[str, Any]) -> None:
@@ -143,7 +144,9 @@ class TrainingService:
             raise InvalidArgument(
                 "modelToUpload has no artifactUri and the job has no baseOutputDirectory to take AIP_MODEL_DIR from."
             )
-        env = data_env(request.get("inputDataConfig"))
+        input_data = request.get("inputDataConfig")
+        env = data_env(input_data)
+        plan = self._dataset_plan(project, location, input_data)
         labels = self._labels(request)
         pipeline = self._new_row(
             project, location, TRAINING_PIPELINES, display_name, {"request": request}, labels
@@ -153,7 +156,13 @@ class TrainingService:
             location,
             CUSTOM_JOBS,
             f"{display_name}-custom-job",
-            {"request": {}, "jobSpec": job_spec, "dataEnv": env, "pipeline": pipeline.job_id},
+            {
+                "request": {},
+                "jobSpec": job_spec,
+                "dataEnv": env,
+                "pipeline": pipeline.job_id,
+                **({"datasetPlan": plan} if plan else {}),
+            },
             labels,
         )
         pipeline.backing_job = job.job_id
@@ -162,6 +171,42 @@ class TrainingService:
             s.add(job)
         self.runner.submit(job.pk)
         return to_json(pipeline)
+
+    # -- managed datasets ------------------------------------------------------------------
+    def _datasets(self) -> Any:
+        datasets = self.services.get("datasets")
+        if datasets is None:
+            raise FailedPrecondition("Managed datasets are not configured on this server.")
+        return datasets
+
+    def _dataset_plan(self, project: str, location: str, input_data: Any) -> dict[str, Any] | None:
+        """The validated use of `inputDataConfig.datasetId` (404 unknown dataset, 400 bad split)."""
+        if not isinstance(input_data, dict) or not input_data.get("datasetId"):
+            return None
+        plan: dict[str, Any] = self._datasets().plan(project, location, input_data)
+        return plan
+
+    def _prepare_data(self, pk: int, plan: dict[str, Any], logf: TextIO) -> dict[str, str]:
+        """At job start: write the dataset's split; its AIP_* variables for the job."""
+        logf.write(f"[loopml] materialising the split of {plan['dataset']}\n")
+        result = self._datasets().materialise(plan, now())
+        counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
+        logf.write(f"[loopml] {result['sourceRows']} source rows: {counts}\n")
+        for key, value in sorted(result["env"].items()):
+            logf.write(f"[loopml] {key}={value}\n")
+        with self.db.session() as s:
+            row = s.get(TrainingJobRow, pk)
+            if row is not None:
+                row.outputs = {
+                    **(row.outputs or {}),
+                    "datasetSplit": {
+                        "dataset": plan["dataset"],
+                        "format": result["env"]["AIP_DATA_FORMAT"],
+                        "uris": result["uris"],
+                        "counts": result["counts"],
+                    },
+                }
+        return dict(result["env"])
 
     # -- read ------------------------------------------------------------------------------
     def get(self, project: str, location: str, collection: str, job_id: str) -> dict[str, Any]:
@@ -271,6 +316,15 @@ class TrainingService:
         self.store.update(pk, outputs={"modelToUpload": uploaded})
         self.store.finish(pk, "JOB_STATE_SUCCEEDED")
 
+    @staticmethod
+    def _lineage(job: TrainingJobRow, pipeline_name: str) -> dict[str, Any]:
+        lineage: dict[str, Any] = {"kind": "training_pipeline", "job": pipeline_name}
+        split = (job.outputs or {}).get("datasetSplit")
+        if split:
+            lineage["dataset"] = split["dataset"]
+            lineage["datasetSplit"] = {k: split[k] for k in ("format", "uris", "counts")}
+        return lineage
+
     def _upload(
         self, job: TrainingJobRow, pipeline_id: str, request: dict[str, Any], model: dict[str, Any]
     ) -> dict[str, Any]:
@@ -289,7 +343,7 @@ class TrainingService:
             model,
             model_id=request.get("modelId") or None,
             parent_model=request.get("parentModel") or None,
-            lineage={"kind": "training_pipeline", "job": name},
+            lineage=self._lineage(job, name),
         )
         model["name"] = result["model"]
         model["versionId"] = str(result.get("modelVersionId", "1"))
