@@ -113,6 +113,31 @@ def test_ingest_json_proxy(http: httpx.Client) -> None:
     assert http.post(f"/ingest/hyp/json?project={P}", json=event).status_code == 200
 
 
+def test_ingest_takes_only_objects_and_writes_nothing_else(http: httpx.Client) -> None:
+    """A bare scalar, or an array with a non-object element, is a 400 naming it; nothing is written."""
+    http.put(f"/v1/projects/{P}/topics/objs")
+    sub = {"topic": f"projects/{P}/topics/objs"}
+    assert http.put(f"/v1/projects/{P}/subscriptions/objs-pull", json=sub).status_code == 200
+    for body, needle in [
+        (b"42", "The request body is a number, not a JSON object"),
+        (b'"x"', "The request body is a string, not a JSON object"),
+        (b"null", "The request body is null, not a JSON object"),
+        (b"true", "The request body is a boolean, not a JSON object"),
+        (b'[{"i": 0}, {"i": 1}, 7]', "Element 2 of the JSON array is a number, not an object"),
+        (b'[{"i": 0}, null]', "Element 1 of the JSON array is null, not an object"),
+    ]:
+        for route in ("/json", ""):
+            r = http.post(f"/ingest/objs{route}?project={P}", content=body)
+            assert r.status_code == 400, (body, r.text)
+            error = r.json()["error"]
+            assert error["status"] == "INVALID_ARGUMENT" and needle in error["message"], error
+    # nothing above reached the log: the first message delivered is the first valid one
+    assert http.post(f"/ingest/objs/json?project={P}", json=[{"i": "ok"}]).status_code == 200
+    got = http.post(f"/v1/projects/{P}/subscriptions/objs-pull:pull", json={"maxMessages": 50}).json()
+    datas = [orjson.loads(base64.b64decode(m["message"]["data"])) for m in got["receivedMessages"]]
+    assert datas == [{"i": "ok"}]
+
+
 def test_concurrent_publishes_through_both_routes_keep_every_field(server: object) -> None:
     """Many clients at once (so group commits merge their messages into shared segments), through
     `:publish` (attributes, ordering keys) and `/ingest` (arrays): every acknowledged id delivers its
@@ -271,10 +296,12 @@ def test_bigquery_subscription_keeps_good_rows_and_records_bad_ones(http: httpx.
         {"n": "1", "ts": "2020-11-16 10:00:00"},
         {"n": "one"},
         {"n": 2, "extra": True},
-        [1, 2],
         {"n": 3},
     ]
     assert http.post(f"/ingest/typed-topic?project={P}", json=events).status_code == 200
+    # /ingest takes only objects; a non-object message can still arrive through :publish
+    not_object = {"messages": [{"data": base64.b64encode(b"[1,2]").decode()}]}
+    assert http.post(f"/v1/projects/{P}/topics/typed-topic:publish", json=not_object).status_code == 200
     deadline = time.monotonic() + 60
     while http.get(f"/v1/projects/{P}/subscriptions/typed-sub").json()["loopmlStatus"]["backlog"] and (
         time.monotonic() < deadline

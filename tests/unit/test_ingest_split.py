@@ -12,14 +12,13 @@ from loopml.ingest.asgi import ids_json, publish_messages, split_events
 
 
 def test_array_elements_keep_their_json_text() -> None:
-    body = b' [ {"a" : 1, "s": "x, [y]"} ,\n 2, "tw\\u00e9", [ ], {"n": {"deep": [1, {"k": null}]}} ]\n'
+    body = b' [ {"a" : 1, "s": "x, [y]"} ,\n {"t": "tw\\u00e9"}, { }, {"n": {"deep": [1, {"k": null}]}} ]\n'
     datas, is_array = split_events(body)
     assert is_array
     assert datas == [
         b'{"a" : 1, "s": "x, [y]"}',
-        b"2",
-        b'"tw\\u00e9"',
-        b"[ ]",
+        b'{"t": "tw\\u00e9"}',
+        b"{ }",
         b'{"n": {"deep": [1, {"k": null}]}}',
     ]
     assert [orjson.loads(d) for d in datas] == orjson.loads(body)
@@ -27,7 +26,6 @@ def test_array_elements_keep_their_json_text() -> None:
 
 def test_single_values_and_unicode() -> None:
     assert split_events(b'  {"event": "purchase"}\n') == ([b'{"event": "purchase"}'], False)
-    assert split_events(b'"[not an array]"') == ([b'"[not an array]"'], False)
     text = '[{"name": "Zoë ☃"}]'.encode()
     assert split_events(text) == ([text[1:-1]], True)
 
@@ -38,6 +36,38 @@ def test_single_values_and_unicode() -> None:
 )
 def test_malformed_bodies_are_400s(body: bytes) -> None:
     with pytest.raises(InvalidArgument, match="Malformed JSON"):
+        split_events(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"42", "a number"),
+        (b" -1.5e3 ", "a number"),
+        (b'"[not an array]"', "a string"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+        (b"false", "a boolean"),
+    ],
+)
+def test_a_bare_scalar_body_is_a_400(body: bytes, kind: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^The request body is {kind}, not a JSON object"):
+        split_events(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "index", "kind"),
+    [
+        (b"[1]", 0, "a number"),
+        (b'[{"a": 1}, "x"]', 1, "a string"),
+        (b"[{}, {}, null, 3]", 2, "null"),
+        (b"[{}, true]", 1, "a boolean"),
+        (b"[{}, [{}]]", 1, "an array"),
+        (b"[[{}]]", 0, "an array"),
+    ],
+)
+def test_an_array_with_a_non_object_element_is_a_400_naming_it(body: bytes, index: int, kind: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^Element {index} of the JSON array is {kind}, not an object"):
         split_events(body)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gc
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,14 +53,24 @@ _ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 _VALUE = msgspec.json.Decoder(msgspec.Raw)
 
 
+_KINDS = {ord("["): "an array", ord('"'): "a string", ord("t"): "a boolean", ord("f"): "a boolean"}
+_KINDS[ord("n")] = "null"
+
+
+def _kind(value: bytes) -> str:
+    """What a (valid, non-object) JSON value is, from its first byte."""
+    return _KINDS.get(value[0], "a number") if value else "empty"
+
+
 def split_events(raw: bytes) -> tuple[list[bytes], bool]:
-    """A JSON body as message data: each element of an array, or the one value, as its JSON text.
+    """A JSON body as message data: each object of an array, or the one object, as its JSON text.
 
     Returns the data and whether the body was an array. Each message's data is its element's
     JSON exactly as sent (whitespace around elements dropped). The body is validated (JSON
-    grammar, UTF-8) without building Python objects: msgspec splits the array into raw
-    element slices, about four times faster than decoding and re-encoding every element.
-    Malformed JSON and an empty array are 400s.
+    grammar, UTF-8, every event an object) without building Python objects: msgspec splits the
+    array into raw element slices, about four times faster than decoding and re-encoding every
+    element, and an element is an object when its slice starts with `{`. Malformed JSON, an
+    empty array, a bare scalar or array body, and an array with a non-object element are 400s.
     """
     body = raw.strip(b" \t\r\n")
     try:
@@ -69,10 +80,22 @@ def split_events(raw: bytes) -> tuple[list[bytes], bool]:
             elements = _ELEMENTS.decode(body)
             if not elements:
                 raise InvalidArgument("The JSON array is empty: send at least one event.")
-            return list(map(bytes, elements)), True
+            datas = list(map(bytes, elements))
+            if not all(map(bytes.startswith, datas, itertools.repeat(b"{"))):
+                i = next(i for i, d in enumerate(datas) if not d.startswith(b"{"))
+                raise InvalidArgument(
+                    f"Element {i} of the JSON array is {_kind(datas[i])}, not an object: "
+                    "send one JSON object or an array of JSON objects."
+                )
+            return datas, True
         _VALUE.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"Malformed JSON in request body: {exc}.") from exc
+    if not body.startswith(b"{"):
+        raise InvalidArgument(
+            f"The request body is {_kind(body)}, not a JSON object: send one JSON object or an array "
+            "of JSON objects."
+        )
     return [body], False
 
 
