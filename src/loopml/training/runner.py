@@ -285,11 +285,36 @@ class JobRunner:
             outcome = self._wait(proc, act, spec.timeout_s)
             kill_group(proc.pid, signal.SIGKILL)  # stray grandchildren never outlive the job
             logf.write(f"[loopml] job {job_id} ended: {outcome[0]} (exit {proc.returncode})\n")
+            if spec.base_output_dir:
+                outcome = self._publish_outputs(spec.base_output_dir, outcome, logf)
         state, code, message = outcome
         if state == "JOB_STATE_FAILED" and message.startswith("The replica"):
             tail = log_tail(log_path)
             message = f"{message}\nLast lines of the log:\n{tail}" if tail else message
         self._finish(pk, state, code, message)
+
+    def _publish_outputs(
+        self, base_output_dir: str, outcome: tuple[str, int, str], logf: TextIO
+    ) -> tuple[str, int, str]:
+        """Upload what the job wrote under its base output directory to the object store (if
+        there is one), before the job counts as finished; a failed upload fails the job."""
+        try:
+            count = self.resolver.store.publish(base_output_dir)
+        except (LoopmlError, OSError) as exc:
+            message = exc.message if isinstance(exc, LoopmlError) else str(exc)
+            logf.write(f"[loopml] uploading the job's outputs to the object store failed: {message}\n")
+            if outcome[0] == "JOB_STATE_SUCCEEDED":
+                return (
+                    "JOB_STATE_FAILED",
+                    14,
+                    f"Uploading the job's outputs to the object store failed: {message}",
+                )
+            return outcome
+        if count:
+            logf.write(
+                f"[loopml] uploaded {count} output file(s) under {base_output_dir} to the object store\n"
+            )
+        return outcome
 
     def _wait(
         self, proc: subprocess.Popen[bytes], act: _Active, timeout_s: float | None
