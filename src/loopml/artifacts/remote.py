@@ -99,8 +99,12 @@ class RemoteStore:
 
         self.url = url
         self.display = display_url(url)
+        options = dict(options or {})
+        if not url.startswith(("file:", "/")):
+            # other servers write to the store too: never answer from a stale listing cache
+            options.setdefault("use_listings_cache", False)
         try:
-            fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+            fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             # ImportError: the backend (e.g. s3fs for s3://) is not installed
             raise FailedPrecondition(f"Cannot open the object store {self.display}: {exc}") from None
