@@ -77,7 +77,7 @@ def parse_split(config: dict[str, Any]) -> dict[str, Any]:
     given = {
         name: _get(config, name)
         for name in ("fractionSplit", "filterSplit", "predefinedSplit", "timestampSplit", "stratifiedSplit")
-        if _get(config, name)
+        if _get(config, name) is not None
     }
     if len(given) > 1:
         raise InvalidArgument(f"inputDataConfig has {' and '.join(sorted(given))}; give only one split.")
