@@ -101,7 +101,7 @@ def expand_gcs(store: ArtifactStore, uris: tuple[str, ...]) -> list[str]:
                 raise InvalidArgument(f"inputConfig.gcsSource.uri {uri!r} matches no object.")
             found.update(matches)
             continue
-        path = store.resolve(uri)
+        path = store.fetch(uri)  # from the object store, when there is one
         if not path.is_file():
             raise InvalidArgument(f"inputConfig.gcsSource.uri {uri!r} does not exist.")
         found.add(uri)
@@ -139,7 +139,7 @@ class SourceReader:
         """The source's column names; InvalidArgument naming the URI if it does not exist."""
         if source.kind == "gcs":
             files = expand_gcs(self.store, source.uris)
-            path = self.store.resolve(files[0])
+            path = self.store.fetch(files[0])
             with open(path, "rb") as f:
                 first = _header_line(f.read(_MAX_HEADER_BYTES))
             if not first:

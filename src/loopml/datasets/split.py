@@ -138,7 +138,8 @@ def parse_destination(config: dict[str, Any], store: ArtifactStore) -> dict[str,
         )
     store.resolve(prefix)  # inside a bucket, no escapes
     bucket = prefix[5:].split("/", 1)[0]
-    if not store.bucket_path(bucket).is_dir():
+    remote = store.remote
+    if not store.bucket_path(bucket).is_dir() and not (remote is not None and remote.bucket_exists(bucket)):
         raise InvalidArgument(
             f"inputDataConfig.gcsDestination.outputUriPrefix {prefix!r}: bucket {bucket!r} does not exist."
         )
@@ -231,6 +232,7 @@ def write_csv_splits(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    store.publish(directory)  # to the object store, when there is one
     return uris
 
 
