@@ -149,6 +149,9 @@ def test_training_pipeline_uploads_the_model(sdk: Any, srv: ServerProcess) -> No
     assert body["trainingTaskMetadata"]["backingCustomJob"].startswith(f"{PARENT}/customJobs/")
     got = httpx.get(f"{srv.url}/v1/{model.resource_name}").json()
     assert got["displayName"] == "pipe-model"
+    # lineage: the uploaded model records the pipeline that trained it
+    assert got["trainingPipeline"] == job.resource_name
+    assert got["lineage"]["kind"] == "training_pipeline" and got["lineage"]["job"] == job.resource_name
     assert got["containerSpec"]["imageUri"].endswith("sklearn-cpu.1-2:latest")
     # parentModel: a second run becomes version 2 of the same model
     job2 = sdk.CustomContainerTrainingJob(
@@ -165,6 +168,8 @@ def test_training_pipeline_uploads_the_model(sdk: Any, srv: ServerProcess) -> No
     )
     assert model2.resource_name == model.resource_name
     assert model2.version_id == "2"
+    v2 = httpx.get(f"{srv.url}/v1/{model.resource_name}@2").json()
+    assert v2["trainingPipeline"] == job2.resource_name != job.resource_name
 
 
 def test_script_job_via_sdk_is_packaged_and_run(sdk: Any, srv: ServerProcess, tmp_path: Path) -> None:

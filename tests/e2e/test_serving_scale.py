@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import signal
 import threading
 from collections import Counter
@@ -120,7 +122,42 @@ def test_autoscale_up_and_back_down(srv: Any) -> None:
         worker.join()
     assert set(statuses) == {200}, statuses
     wait_for(lambda: replica_count(srv.url, ep, dm_id) == 1, timeout=120)
-    assert "autoscale" in srv.tail(400)
+    _assert_decisions_logged_with_inputs(srv, dm_id)
+
+
+_DECISION = re.compile(
+    r"autoscale (?P<dm>\d+): replicas=(?P<replicas>\d+) cpu=(?P<cpu>[\d.]+)% "
+    r"rpm/replica=(?P<rpm>[\d.]+) targets=(?P<targets>\{.*?\}) recommendations=(?P<recs>\{.*?\}) "
+    r"window_max=(?P<window_max>\d+) → desired=(?P<desired>\d+) \[min (?P<low>\d+), max (?P<high>\d+)\]"
+)
+
+
+def _assert_decisions_logged_with_inputs(srv: Any, dm_id: str) -> None:
+    """Every autoscaler decision is logged with its inputs, and they add up to the decision."""
+    from loopml.serving.autoscaler import clamp, recommend
+
+    text = srv.log_path.read_text(errors="replace")
+    decisions = [m.groupdict() for m in _DECISION.finditer(text) if m["dm"] == dm_id]
+    assert decisions, "no autoscaler decision logged for " + dm_id
+    window_maxes = []
+    for d in decisions:
+        replicas, rpm = int(d["replicas"]), float(d["rpm"])
+        recs = ast.literal_eval(d["recs"])
+        assert ast.literal_eval(d["targets"]) == {REQUEST_COUNT: 60.0}, d
+        assert set(recs) == {REQUEST_COUNT}, d
+        # the recommendation follows from the logged inputs (rpm is logged rounded to 0.1)
+        assert recommend(replicas, max(rpm - 0.05, 0), 60) <= recs[REQUEST_COUNT], d
+        assert recs[REQUEST_COUNT] <= recommend(replicas, rpm + 0.05, 60), d
+        # the window maximum is at least this cycle's recommendation; desired is it, clamped
+        assert int(d["window_max"]) >= recs[REQUEST_COUNT], d
+        assert (int(d["low"]), int(d["high"])) == (1, 3), d
+        assert int(d["desired"]) == clamp(int(d["window_max"]), 1, 3), d
+        window_maxes.append(int(d["window_max"]))
+    # the load made one replica ask for more, and the idle end brought the window back to 1
+    assert any(int(d["replicas"]) == 1 and int(d["desired"]) >= 2 and float(d["rpm"]) > 60 for d in decisions)
+    assert window_maxes[-1] == 1 and max(window_maxes) >= 2
+    assert re.search(rf"deployed model {dm_id}: scaling up 1 → [23] \(autoscaler\)", text)
+    assert re.search(rf"deployed model {dm_id}: scaling down [23] → 1 \(autoscaler\)", text)
 
 
 def test_sigkill_replica_under_load_loses_nothing(srv: Any) -> None:
