@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 
 from tests.conftest import ServerProcess
@@ -31,3 +33,32 @@ def test_oversize_predict_body_is_413(server: ServerProcess) -> None:
     )
     assert r.status_code == 413
     assert r.json()["error"]["code"] == 413
+
+
+def test_oversize_chunked_predict_body_is_413(server: ServerProcess) -> None:
+    """No Content-Length (Transfer-Encoding: chunked): the limit is enforced while the body streams."""
+    url = f"{server.url}/v1/projects/p/locations/l/endpoints/1:predict"
+
+    def body(total: int) -> Iterator[bytes]:
+        yield b'{"instances": ["'
+        sent = 0
+        while sent < total:
+            n = min(100_000, total - sent)
+            yield b"x" * n
+            sent += n
+        yield b'"]}'
+
+    sent_headers: dict[str, str] = {}
+
+    def remember(request: httpx.Request) -> None:
+        sent_headers.update(request.headers)
+
+    with httpx.Client(event_hooks={"request": [remember]}, timeout=60) as client:
+        r = client.post(url, content=body(1_600_000), headers={"content-type": "application/json"})
+        assert sent_headers.get("transfer-encoding") == "chunked" and "content-length" not in sent_headers
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["code"] == 413 and "larger than the limit of 1500000 bytes" in error["message"]
+        # under the limit the same streamed body is read whole and reaches routing (no such endpoint)
+        r = client.post(url, content=body(1_400_000), headers={"content-type": "application/json"})
+        assert r.status_code == 404, r.text
