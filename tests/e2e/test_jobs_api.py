@@ -396,3 +396,52 @@ def test_server_crash_never_leaves_a_job_running(tmp_path: Path) -> None:
         assert "server stopped while this job was running" in after["error"]["message"]
     finally:
         server.stop()
+
+
+def test_cli_logs_follow_streams_a_running_job_until_it_ends(srv: ServerProcess, tmp_path: Path) -> None:
+    """`loopml jobs logs -f` shows output as it is written and returns when the job ends.
+
+    The job prints a line, then waits for a file the test creates only after the follower has
+    shown that line (no timing): the follower must still be running then, and must print the
+    second line and the final state before it exits.
+    """
+    gate = tmp_path / "go-on"
+    code = (
+        "import os, sys, time\n"
+        "print('first line', flush=True)\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "print('second line', flush=True)\n"
+    )
+    script = tmp_path / "gated.py"
+    script.write_text(code)
+    started = _cli(srv, "submit", "--image", IMAGE, "--command", f"python {script}", "--json")
+    assert started.returncode == 0, started.stderr
+    job_id = json.loads(started.stdout)["name"].rsplit("/", 1)[1]
+    env = dict(os.environ, LOOPML_URL=srv.url, LOOPML_PROJECT=P, COLUMNS="200")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "loopml", "jobs", "logs", job_id, "-f"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any("first line" in line for line in seen):
+            assert time.monotonic() < deadline, "".join(seen)
+            line = follower.stdout.readline()
+            assert line, "the follower stopped before the job's first line: " + "".join(seen)
+            seen.append(line)
+        assert follower.poll() is None, "the follower returned while the job was still running"
+        assert not any("second line" in line for line in seen)
+        gate.write_text("")  # let the job finish
+        rest, errors = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, errors
+    assert "second line" in rest and rest.index("second line") < rest.index("JOB_STATE_SUCCEEDED")
