@@ -350,3 +350,43 @@ def test_deployments_survive_a_restart(server: ServerProcess, api: Api) -> None:
     assert ep["trafficSplit"] == {dm_id: 100}
     pred = api.req("POST", f"{PARENT}/endpoints/ep2:predict", json={"instances": [[3.0, 1.0]]})
     assert pred["predictions"] == [1] and pred["deployedModelId"] == dm_id
+
+
+def test_file_uri_upload_is_snapshotted_and_served(server: ServerProcess, api: Api, tmp_path: Path) -> None:
+    """`artifactUri: file:///…` (a directory outside every bucket) uploads, deploys and predicts."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 2))
+    clf = LogisticRegression().fit(x, (x[:, 1] > 0).astype(int))
+    src = tmp_path / "local model"  # a space: the URI is percent-encoded
+    src.mkdir()
+    joblib.dump(clf, src / "model.joblib")
+    uri = src.as_uri()
+    assert uri.startswith("file:///") and "%20" in uri
+    upload(api, uri, modelId="from-file")
+    model = api.req("GET", f"{PARENT}/models/from-file")
+    assert model["artifactUri"] == uri
+    # the registry took a snapshot: changing the source afterwards changes nothing served
+    joblib.dump(LogisticRegression().fit(x, (x[:, 1] <= 0).astype(int)), src / "model.joblib")
+    api.req("POST", f"{PARENT}/endpoints", params={"endpointId": "file-ep"}, json={"displayName": "f"})
+    body = {
+        "deployedModel": {
+            "model": f"{PARENT}/models/from-file",
+            "dedicatedResources": {"machineSpec": {"machineType": "n1-standard-2"}, "minReplicaCount": 1},
+        },
+        "trafficSplit": {"0": 100},
+    }
+    op = api.req("POST", f"{PARENT}/endpoints/file-ep:deployModel", json=body)
+    assert op["done"] and "error" not in op, op
+    rows = x[:10].tolist()
+    got = api.req("POST", f"{PARENT}/endpoints/file-ep:predict", json={"instances": rows})
+    assert got["predictions"] == clf.predict(x[:10]).tolist()
+    # a file:// URI with nothing behind it is a 400 that writes nothing
+    before = api.state()
+    missing = {
+        "displayName": "x",
+        "artifactUri": (tmp_path / "nope").as_uri(),
+        "containerSpec": {"imageUri": SKLEARN},
+    }
+    r = api.http.post(f"{PARENT}/models:upload", json={"model": missing})
+    assert r.status_code == 400 and "nope" in r.json()["error"]["message"], r.text
+    assert api.state() == before
