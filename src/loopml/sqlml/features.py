@@ -11,15 +11,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopml.errors import InvalidArgument, InvalidQuery
-from loopml.sqlml.skew import category_key, numeric_histogram
+from loopml.sqlml.skew import category_key, finite_histogram, numeric_histogram
+
+_T = TypeVar("_T")
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -127,6 +132,64 @@ def column_statistics(feat: Feature, col: Any) -> Any:
     return numeric_histogram(_numeric(col, feat.kind if feat.kind == TIMESTAMP else NUMERIC))
 
 
+_BLOCK = 65_536  # rows per block when assembling the matrix
+_PARALLEL_MIN = 100_000  # rows from which columns / blocks are processed on threads
+
+
+def _map(fn: Callable[[Any], _T], items: Sequence[Any], rows: int) -> list[_T]:
+    """fn over items, in order; on a few threads for large tables (numpy and arrow release the GIL)."""
+    workers = min(4, os.cpu_count() or 1, len(items))
+    if rows < _PARALLEL_MIN or workers < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _fit_column(col: Any, name: str, standardize: bool) -> tuple[Feature, np.ndarray | None]:
+    """A fitted feature and, for numeric ones, the column as float64 (NULL as NaN)."""
+    kind = kind_of(col.type, name)
+    feat = Feature(name=name, kind=kind, type=bq_type(col.type))
+    if kind == CATEGORICAL:
+        values = _strings(col)
+        counts = category_counts(values)
+        uniq = pc.unique(values).to_pylist()
+        feat.categories = sorted(uniq, key=lambda v: (v is None, v or ""))
+        feat.stats = {
+            "category_count": len(feat.categories),
+            "null_count": col.null_count,
+            "counts": counts,
+        }
+        return feat, None
+    x = _numeric(col, kind)
+    nulls = 0
+    valid = x
+    if not np.isfinite(x).all():
+        if np.isinf(x).any():
+            raise InvalidQuery(
+                f"Column {name} contains infinite values; remove them from the training query."
+            )
+        finite = np.isfinite(x)
+        nulls = int(np.count_nonzero(~finite))
+        valid = x[finite]
+    if valid.size == 0:
+        raise InvalidQuery(f"Column {name} has only NULL values; it cannot be used as a feature.")
+    mean = float(valid.mean())
+    std = float(valid.std())
+    lo, hi = float(valid.min()), float(valid.max())
+    feat.mean = mean
+    feat.scale = std if (standardize and std > 1e-12 * max(1.0, abs(mean))) else 1.0
+    feat.stats = {
+        "min": lo,
+        "max": hi,
+        "mean": mean,
+        "median": float(np.median(valid[:: -(-valid.size // 200_000)])),  # approximate
+        "stddev": std,
+        "null_count": nulls,
+        "histogram": finite_histogram(valid, lo, hi, nulls),
+    }
+    return feat, x
+
+
 class FeatureEncoder:
     """Turns columns into the model's numeric matrix; fitted once, stored as JSON."""
 
@@ -145,60 +208,37 @@ class FeatureEncoder:
     # -- fitting ---------------------------------------------------------------------------
     @classmethod
     def fit(cls, table: pa.Table, columns: list[str], *, standardize: bool) -> FeatureEncoder:
+        return cls.fit_transform(table, columns, standardize=standardize, encode=False)[0]
+
+    @classmethod
+    def fit_transform(
+        cls, table: pa.Table, columns: list[str], *, standardize: bool, encode: bool = True
+    ) -> tuple[FeatureEncoder, np.ndarray]:
+        """Fit on the training table and (encode=True) encode it, reading each column once.
+
+        Columns are fitted in parallel (numpy and arrow release the GIL); the result does not
+        depend on the number of threads.
+        """
         if not columns:
             raise InvalidQuery("The training query selects no feature columns.")
-        features: list[Feature] = []
-        for name in columns:
-            col = table.column(name)
-            kind = kind_of(col.type, name)
-            feat = Feature(name=name, kind=kind, type=bq_type(col.type))
-            if kind == CATEGORICAL:
-                values = _strings(col)
-                counts = category_counts(values)
-                uniq = pc.unique(values).to_pylist()
-                feat.categories = sorted(uniq, key=lambda v: (v is None, v or ""))
-                feat.stats = {
-                    "category_count": len(feat.categories),
-                    "null_count": col.null_count,
-                    "counts": counts,
-                }
-            else:
-                x = _numeric(col, kind)
-                finite = np.isfinite(x)
-                nulls = 0
-                valid = x
-                if not finite.all():
-                    if np.isinf(x).any():
-                        raise InvalidQuery(
-                            f"Column {name} contains infinite values; remove them from the training query."
-                        )
-                    nulls = int(np.count_nonzero(~finite))
-                    valid = x[finite]
-                if valid.size == 0:
-                    raise InvalidQuery(f"Column {name} has only NULL values; it cannot be used as a feature.")
-                mean = float(valid.mean())
-                std = float(valid.std())
-                feat.mean = mean
-                feat.scale = std if (standardize and std > 1e-12 * max(1.0, abs(mean))) else 1.0
-                feat.stats = {
-                    "min": float(valid.min()),
-                    "max": float(valid.max()),
-                    "mean": mean,
-                    "median": float(np.median(valid[:: -(-valid.size // 200_000)])),  # approximate
-                    "stddev": std,
-                    "null_count": nulls,
-                    "histogram": numeric_histogram(x),
-                }
-            features.append(feat)
-        return cls(features, standardize)
+        fitted = _map(
+            lambda name: _fit_column(table.column(name), name, standardize), columns, table.num_rows
+        )
+        encoder = cls([f for f, _ in fitted], standardize)
+        if not encode:
+            return encoder, np.empty((0, 0))
+        sources = _map(
+            lambda i: encoder._source(encoder.features[i], table.column(columns[i]), fitted[i][1]),
+            range(len(columns)),
+            table.num_rows,
+        )
+        return encoder, encoder._assemble(sources, table.num_rows)
 
     # -- encoding --------------------------------------------------------------------------
     def transform(self, table: pa.Table) -> np.ndarray:
-        """The encoded matrix for an arrow table holding (at least) the training columns."""
-        n = table.num_rows
-        out = np.empty((n, self.width), dtype=np.float64, order="F")
-        j = 0
+        """The encoded (C-ordered) matrix for an arrow table holding (at least) the training columns."""
         present = {name.lower(): name for name in table.column_names}
+        cols = []
         for feat in self.features:
             actual = present.get(feat.name.lower())
             if actual is None:
@@ -215,32 +255,47 @@ class FeatureEncoder:
                         f"Column {feat.name} has type {bq_type(col.type)} but the model was trained with "
                         f"{feat.type}."
                     )
-            self._encode_into(out, j, feat, col)
-            j += feat.width
-        return out
+            cols.append((feat, col))
+        sources = _map(lambda fc: self._source(fc[0], fc[1], None), cols, table.num_rows)
+        return self._assemble(sources, table.num_rows)
 
-    def _encode_into(self, out: np.ndarray, j: int, feat: Feature, col: Any) -> None:
+    def _source(self, feat: Feature, col: Any, raw: np.ndarray | None) -> np.ndarray:
+        """Per feature: category indexes (-1: unseen), or numeric values with NaN/NULL as the mean."""
         if feat.kind == CATEGORICAL:
             values = _strings(col) if not pa.types.is_null(col.type) else pa.nulls(len(col), pa.string())
             index = pc.index_in(values, value_set=pa.array(feat.categories, pa.string()), skip_nulls=False)
-            idx = np.asarray(pc.fill_null(index, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-            block = np.zeros((len(idx), feat.width), dtype=np.float64)
-            hit = idx >= 0
-            block[np.nonzero(hit)[0], idx[hit]] = 1.0
-            out[:, j : j + feat.width] = block
-            return
-        x = (
-            _numeric(col, feat.kind if feat.kind == TIMESTAMP else NUMERIC)
-            if not pa.types.is_null(col.type)
-            else np.full(len(col), np.nan)
-        )
-        if np.isinf(x).any():
-            raise InvalidArgument(f"Column {feat.name} contains infinite values.")
-        x = np.where(np.isnan(x), feat.mean, x) if np.isnan(x).any() else x
-        if self.standardize:
-            out[:, j] = (x - feat.mean) / feat.scale
+            return np.asarray(pc.fill_null(index, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if raw is not None:
+            x = raw
+        elif pa.types.is_null(col.type):
+            x = np.full(len(col), np.nan)
         else:
-            out[:, j] = x
+            x = _numeric(col, feat.kind if feat.kind == TIMESTAMP else NUMERIC)
+        if not np.isfinite(x).all():
+            if np.isinf(x).any():
+                raise InvalidArgument(f"Column {feat.name} contains infinite values.")
+            x = np.where(np.isnan(x), feat.mean, x)
+        return x
+
+    def _assemble(self, sources: list[np.ndarray], n: int) -> np.ndarray:
+        out = np.empty((n, self.width), dtype=np.float64)
+        offsets = [sl.start for _, sl in self.dimension_slices()]
+
+        def block(bounds: tuple[int, int]) -> None:
+            a, b = bounds
+            for feat, j, src in zip(self.features, offsets, sources, strict=True):
+                if feat.kind == CATEGORICAL:
+                    out[a:b, j : j + feat.width] = 0.0
+                    idx = src[a:b]
+                    rows = np.nonzero(idx >= 0)[0]
+                    out[a + rows, j + idx[rows]] = 1.0
+                elif self.standardize:
+                    out[a:b, j] = (src[a:b] - feat.mean) / feat.scale
+                else:
+                    out[a:b, j] = src[a:b]
+
+        _map(block, [(a, min(n, a + _BLOCK)) for a in range(0, n, _BLOCK)], n)
+        return out
 
     def transform_instances(self, instances: list[Any]) -> np.ndarray:
         """Vertex predict instances: objects keyed by training column, or lists in column order."""

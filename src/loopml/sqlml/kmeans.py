@@ -93,6 +93,28 @@ def _distinct_rows(x: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
     return chosen
 
 
+def _smallest(values: np.ndarray, m: int) -> np.ndarray:
+    """Indexes of the m smallest values, ascending, ties by index (= a stable argsort's first m)."""
+    if m >= len(values):
+        return np.argsort(values, kind="stable")
+    cut = np.partition(values, m - 1)[m - 1]
+    idx = np.nonzero(values <= cut)[0]
+    return idx[np.argsort(values[idx], kind="stable")[:m]]
+
+
+def _sq_each(data: Pass, rows: np.ndarray) -> np.ndarray:
+    """(m, n): squared distance of every row of the pass to each of the m given rows."""
+    g = rows @ data.x.T
+    if data.cosine:
+        np.subtract(1.0, g, out=g)
+        return np.clip(g, 0.0, 2.0, out=g)
+    assert data.xsq is not None
+    g *= -2.0
+    g += np.einsum("ij,ij->i", rows, rows)[:, None]
+    g += data.xsq[None, :]
+    return np.maximum(g, 0.0, out=g)
+
+
 def init_kmeanspp(
     x: np.ndarray, k: int, distance_type: str, salt: int = 0, data: Pass | None = None
 ) -> np.ndarray:
@@ -102,22 +124,18 @@ def init_kmeanspp(
     choice does not depend on row order. `data` is a prepared pass over `x` (reused by callers).
     """
     data = data if data is not None else Pass(x, distance_type, None)
-
-    def sq_to(row: int) -> np.ndarray:
-        return data.run(x[row : row + 1], sums=False)[1]
-
     first = int(np.argmin(_row_keys(x, 1000 * salt)))
     centers = [x[first].copy()]
-    best = sq_to(first)
+    best = _sq_each(data, data.x[first : first + 1])[0]
     local = 2 + int(np.log(k))
     for i in range(1, k):
         positive = np.nonzero(best > 0)[0]
         if not len(positive):
             raise _distinct_error(k, i)
         race = -np.log(_row_keys(x[positive], 1000 * salt + i)) / best[positive]
-        m = min(local, len(positive))
-        candidates = positive[np.argsort(race, kind="stable")[:m]]
-        options = [np.minimum(best, sq_to(int(c))) for c in candidates]
+        candidates = positive[_smallest(race, min(local, len(positive)))]
+        dist = _sq_each(data, data.x[candidates])
+        options = [np.minimum(best, d) for d in dist]
         j = int(np.argmin([o.sum() for o in options]))
         centers.append(x[candidates[j]].copy())
         best = options[j]
@@ -223,8 +241,11 @@ def _finish(
     sq_sum = np.bincount(labels, weights=best, minlength=k)
     radii = np.sqrt(np.divide(sq_sum, sizes, out=np.zeros(k), where=sizes > 0))
     params = KMeansParams(centroids=c, distance_type=distance_type, sizes=sizes, radii=radii)
-    norm = _normalized(data, params)[0]
-    params.quantiles = _quantiles(norm)
+    # The quantiles are taken on an even sample above QUANTILE_SAMPLE rows: only those rows' normalized
+    # distances are computed (the same values a full pass gives for them).
+    n = data.x.shape[0]
+    step = -(-n // QUANTILE_SAMPLE) if n > QUANTILE_SAMPLE else 1
+    params.quantiles = _quantiles(_normalized(data.every(step), params)[0])
     params.mean_squared_distance = float(best.mean())
     dist_sum = np.bincount(labels, weights=np.sqrt(best), minlength=k)
     scatter = np.divide(dist_sum, sizes, out=np.zeros(k), where=sizes > 0)

@@ -49,8 +49,23 @@ class Pass:
         self.pool = pool
         n = self.x.shape[0]
         self.bounds = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
-        # C-contiguous chunks, copied once: BLAS then runs on each without per-call copies.
+        # C-contiguous chunks (views of a C-ordered x, else copied once): BLAS then runs on each
+        # without per-call copies.
         self.chunks = [np.ascontiguousarray(self.x[a:b]) for a, b in self.bounds]
+
+    def every(self, step: int) -> Pass:
+        """The same pass over every `step`-th row (rows already normalised for COSINE are kept)."""
+        if step <= 1:
+            return self
+        sub = Pass.__new__(Pass)
+        sub.cosine = self.cosine
+        sub.x = np.ascontiguousarray(self.x[::step])
+        sub.xsq = None if self.xsq is None else np.ascontiguousarray(self.xsq[::step])
+        sub.pool = self.pool
+        n = sub.x.shape[0]
+        sub.bounds = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+        sub.chunks = [sub.x[a:b] for a, b in sub.bounds]
+        return sub
 
     def run(self, c: np.ndarray, sums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n, d = self.x.shape

@@ -29,10 +29,18 @@ def numeric_histogram(values: np.ndarray) -> Histogram:
     nan = int(values.size - finite.size)
     if finite.size == 0:
         return {"buckets": [], "nan": nan}
-    lo, hi = float(finite.min()), float(finite.max())
+    return finite_histogram(finite, float(finite.min()), float(finite.max()), nan)
+
+
+def finite_histogram(finite: np.ndarray, lo: float, hi: float, nan: int) -> Histogram:
+    """numeric_histogram of finite values whose min and max (and NaN count) are already known."""
     if lo == hi:
         return {"buckets": [[lo, hi, float(finite.size)]], "nan": nan}
-    counts, edges = np.histogram(finite, bins=BUCKETS, range=(lo, hi))
+    # np.histogram's buckets (edges by linspace; [e_i, e_i+1), the last one closed), counted with one
+    # comparison per inner edge: the same counts, several times faster on large columns.
+    edges = np.linspace(lo, hi, BUCKETS + 1)
+    below = [np.count_nonzero(finite < e) for e in edges[1:-1]]
+    counts = np.diff([0, *below, finite.size])
     buckets = [[float(edges[i]), float(edges[i + 1]), float(counts[i])] for i in range(BUCKETS)]
     return {"buckets": buckets, "nan": nan}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from loopml.errors import InvalidQuery
 from loopml.sqlml import kmeans, supervised
@@ -18,6 +18,19 @@ from loopml.sqlml.features import FeatureEncoder, bq_type
 from loopml.sqlml.model import SqlModel
 
 log = logging.getLogger(__name__)
+
+_threadpools: ThreadpoolController | None = None
+
+
+def _one_blas_thread() -> Any:
+    """A context holding BLAS to one thread (we run our own threads; BLAS threads would only contend).
+
+    The controller is built once: inspecting the loaded libraries costs milliseconds per call.
+    """
+    global _threadpools
+    if _threadpools is None:
+        _threadpools = ThreadpoolController()
+    return _threadpools.limit(limits=1, user_api="blas")
 
 
 def _find(table: pa.Table, name: str, option: str) -> str:
@@ -71,9 +84,9 @@ def _train_kmeans(table: pa.Table, o: dict[str, Any], warm: SqlModel | None) -> 
                 f"{', '.join(warm.encoder.names)}."
             )
         encoder = warm.encoder
+        x = encoder.transform(table)
     else:
-        encoder = FeatureEncoder.fit(table, features, standardize=o["STANDARDIZE_FEATURES"])
-    x = encoder.transform(table)
+        encoder, x = FeatureEncoder.fit_transform(table, features, standardize=o["STANDARDIZE_FEATURES"])
     n = x.shape[0]
     k = o["NUM_CLUSTERS"]
     if init_col is not None:
@@ -103,7 +116,7 @@ def _train_kmeans(table: pa.Table, o: dict[str, Any], warm: SqlModel | None) -> 
             k = default_num_clusters(n)
         if n < k:
             raise InvalidQuery(f"NUM_CLUSTERS is {k} but the training query returned only {n} rows.")
-        with threadpool_limits(limits=1, user_api="blas"):  # our own threads; BLAS threads only contend
+        with _one_blas_thread():
             init = kmeans.best_start(
                 x,
                 k,
@@ -112,7 +125,7 @@ def _train_kmeans(table: pa.Table, o: dict[str, Any], warm: SqlModel | None) -> 
                 max_iterations=o["MAX_ITERATIONS"],
                 min_rel_progress=o["MIN_REL_PROGRESS"],
             )
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         params = kmeans.train(
             x,
             k,
@@ -134,8 +147,7 @@ def _train_supervised(table: pa.Table, o: dict[str, Any]) -> SqlModel:
     if not features:
         raise InvalidQuery("The training query has no feature columns besides the label.")
     standardize = model_type in (opts.LINEAR_REG, opts.LOGISTIC_REG)
-    encoder = FeatureEncoder.fit(table, features, standardize=standardize)
-    x = encoder.transform(table)
+    encoder, x = FeatureEncoder.fit_transform(table, features, standardize=standardize)
     y, classes, ltype = supervised.encode_labels(table.column(label), model_type, label)
     params = supervised.train(np.ascontiguousarray(x), y, classes, ltype, label, o)
     resolved = dict(o)
