@@ -214,3 +214,46 @@ def test_file_object_store_outside_the_home(tmp_path_factory: pytest.TempPathFac
         assert not (store / "local-bkt" / "a" / "b.txt").exists()
     finally:
         srv.stop()
+
+
+def test_batch_prediction_reads_and_writes_the_store(
+    servers: tuple[ServerProcess, ServerProcess], s3: tuple[s3fs.S3FileSystem, str]
+) -> None:
+    _a, b = servers
+    fs = s3[0]
+    model, x = train(flip=True)
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    fs.pipe(f"{STORE}/models-bkt/flipped/model.joblib", buf.getvalue())
+    upload(b.url, "flipped", "gs://models-bkt/flipped")
+    rows = x[:40].tolist()
+    fs.pipe(f"{STORE}/inputs-bkt/jsonl/a.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:25]).encode())
+    fs.pipe(f"{STORE}/inputs-bkt/jsonl/b.jsonl", "".join(json.dumps(r) + "\n" for r in rows[25:]).encode())
+    body = {
+        "displayName": "from-store",
+        "model": f"{PARENT}/models/flipped",
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": ["gs://inputs-bkt/jsonl/*.jsonl"]}},
+        "outputConfig": {
+            "predictionsFormat": "jsonl",
+            "gcsDestination": {"outputUriPrefix": "gs://outputs-bkt/p"},
+        },
+    }
+    r = httpx.post(f"{b.url}/v1/{PARENT}/batchPredictionJobs", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    name = r.json()["name"]
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{b.url}/v1/{name}").json())["state"] not in (
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    out = job["outputInfo"]["gcsOutputDirectory"].removeprefix("gs://")
+    files = fs.glob(f"{STORE}/{out}/predictions_*.jsonl")
+    assert files
+    got = [json.loads(line) for f in files for line in fs.cat(f).splitlines()]
+    expected = model.predict(x[:40]).tolist()
+    assert sorted((tuple(g["instance"]), g["prediction"]) for g in got) == sorted(
+        zip(map(tuple, rows), expected, strict=True)
+    )
