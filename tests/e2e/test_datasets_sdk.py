@@ -11,6 +11,10 @@ red wine data shipped in `loopml/demo/data` (CC BY 4.0), with a `row_id` column 
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,3 +317,35 @@ def test_source_removed_after_creation_is_a_400_naming_it(sdk: Any, srv: ServerP
     gcs.bucket(BUCKET).blob("wine/gone.csv").delete()
     r = httpx.post(f"{srv.url}/v1/{PARENT}/trainingPipelines", json=body, timeout=30)
     assert r.status_code == 400 and f"gs://{BUCKET}/wine/gone.csv" in r.json()["error"]["message"]
+
+
+def _cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LOOPML_URL=srv.url, LOOPML_PROJECT=P, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "loopml", "datasets", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_create_list_describe_delete(srv: ServerProcess) -> None:
+    made = _cli(
+        srv, "create", "-n", "cli-wine", "--gcs-source", f"gs://{BUCKET}/wine/wine.csv", "--label", "via=cli"
+    )
+    assert made.returncode == 0, made.stderr
+    ds_id = made.stdout.split()[2]
+    assert ds_id.isdigit() and "(cli-wine)" in made.stdout
+    listed = _cli(srv, "list", "--filter", 'labels.via="cli"', "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [d["name"].rsplit("/", 1)[1] for d in json.loads(listed.stdout)] == [ds_id]
+    table = _cli(srv, "list")
+    assert ds_id in table.stdout and f"gs://{BUCKET}/wine/wine.csv" in table.stdout
+    shown = _cli(srv, "describe", ds_id)
+    assert shown.returncode == 0 and "cli-wine" in shown.stdout and "tabular_1.0.0.yaml" in shown.stdout
+    bad = _cli(srv, "create", "-n", "x", "--bq-source", f"bq://{P}.winedata.absent")
+    assert bad.returncode == 1 and f"bq://{P}.winedata.absent" in bad.stderr
+    assert _cli(srv, "delete", ds_id).returncode == 0
+    gone = _cli(srv, "describe", ds_id)
+    assert gone.returncode == 1 and "does not exist" in gone.stderr

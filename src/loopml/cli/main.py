@@ -30,6 +30,7 @@ GROUPS: list[str] = [
     "loopml.cli.topics",
     "loopml.cli.images",
     "loopml.cli.jobs",
+    "loopml.cli.datasets",
     "loopml.cli.batch",
     "loopml.cli.synth",
     "loopml.cli.demo",
