@@ -390,3 +390,57 @@ def test_file_uri_upload_is_snapshotted_and_served(server: ServerProcess, api: A
     r = api.http.post(f"{PARENT}/models:upload", json={"model": missing})
     assert r.status_code == 400 and "nope" in r.json()["error"]["message"], r.text
     assert api.state() == before
+
+
+DOUBLER = """
+class Doubler:
+    batchable = True
+
+    def predict(self, instances):
+        return [2 * sum(row) for row in instances]
+"""
+
+
+def test_deploy_with_automatic_resources(server: ServerProcess, api: Api) -> None:
+    """automaticResources: accepted for models that support it, stored and served; else a 400."""
+    d = server.home / "buckets" / "reg-bucket" / "doubler"
+    d.mkdir(parents=True)
+    (d / "doubler.py").write_text(DOUBLER)
+    (d / "loopml_model.json").write_text('{"framework": "python", "predictor": "doubler:Doubler"}')
+    model = {"displayName": "doubler", "artifactUri": "gs://reg-bucket/doubler"}
+    op = api.req("POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "doubler"})
+    assert op["done"] and "error" not in op, op
+    uploaded = api.req("GET", f"{PARENT}/models/doubler")
+    assert "AUTOMATIC_RESOURCES" in uploaded["supportedDeploymentResourcesTypes"]
+    upload(api, save_sklearn(server.home, "auto-sk"), modelId="sk-dedicated-only")
+    api.req("POST", f"{PARENT}/endpoints", params={"endpointId": "auto-ep"}, json={"displayName": "auto"})
+    ep = f"{PARENT}/endpoints/auto-ep"
+
+    before = api.state()
+    for model_id, auto, needle in [
+        ("sk-dedicated-only", {"minReplicaCount": 1}, "supports only dedicatedResources"),
+        ("doubler", {"minReplicaCount": 2, "maxReplicaCount": 1}, "must be at least minReplicaCount"),
+        ("doubler", {"minReplicaCount": 0}, "minReplicaCount must be at least 1"),
+    ]:
+        body = {"deployedModel": {"model": f"{PARENT}/models/{model_id}", "automaticResources": auto}}
+        r = api.http.post(f"{ep}:deployModel", json=body)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+        assert "deployedModel.automaticResources" in r.json()["error"]["message"], r.text
+    assert api.state() == before
+
+    body = {
+        "deployedModel": {
+            "model": f"{PARENT}/models/doubler",
+            "automaticResources": {"minReplicaCount": 1, "maxReplicaCount": 2},
+        },
+        "trafficSplit": {"0": 100},
+    }
+    op = api.req("POST", f"{ep}:deployModel", json=body)
+    assert op["done"] and "error" not in op, op
+    dm_id = op["response"]["deployedModel"]["id"]
+    [dm] = api.req("GET", ep)["deployedModels"]
+    assert dm["id"] == dm_id and "dedicatedResources" not in dm
+    assert dm["automaticResources"] == {"minReplicaCount": 1, "maxReplicaCount": 2}
+    assert dm["status"]["availableReplicaCount"] == 1  # minReplicaCount replicas run
+    got = api.req("POST", f"{ep}:predict", json={"instances": [[1, 2], [3, 4.5]]})
+    assert got["predictions"] == [6, 15.0] and got["deployedModelId"] == dm_id
