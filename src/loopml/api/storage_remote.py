@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from loopml.api.storage_backend import Hasher, _guess_type, validate_object_name
 from loopml.artifacts.remote import RemoteStore, info_mtime_ns, info_token
-from loopml.errors import AlreadyExists, FailedPrecondition, NotFound
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from loopml.api.storage_backend import ObjectStore
 
 _BUCKET_TTL_S = 5.0
+_LISTED_TTL_S = 2.0  # how long a listing's object info may stand in for a HEAD of the object
 
 
 class RemoteObjects:
@@ -37,7 +39,8 @@ class RemoteObjects:
         self.store = store
         self.remote = remote
         self._buckets_seen: dict[str, float] = {}
-        self._listed: dict[str, dict[str, Any]] = {}
+        # object infos of the latest listing, so its page of object resources needs no HEAD each
+        self._listed: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     # -- keys ------------------------------------------------------------------------------
@@ -82,10 +85,16 @@ class RemoteObjects:
     def names(self, bucket: str, start: str) -> list[str]:
         """Object names (and folder placeholders) below the directory `start` of a bucket."""
         found = self.remote.objects(bucket, start + "/" if start else "", f"gs://{bucket}/{start}")
+        names = []
+        for name in found:
+            try:  # keys no object name can have (put by other tools): not listed
+                validate_object_name(name)
+            except InvalidArgument:
+                continue
+            names.append(name)
+        at = time.monotonic()
         with self._lock:
-            for name, info in found.items():
-                self._listed[self.remote.key(bucket, name)] = info
-        names = list(found)
+            self._listed = {self.remote.key(bucket, n): (at, info) for n, info in found.items()}
         try:
             folders = self.remote.fs.ls(self.remote.meta_key("folders", bucket), detail=False)
         except FileNotFoundError:
@@ -97,9 +106,11 @@ class RemoteObjects:
         return names
 
     # -- objects ---------------------------------------------------------------------------
-    def stat(self, bucket: str, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def stat(
+        self, bucket: str, name: str, *, fresh: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(stored facts, fsspec info) of an object; the facts are recomputed when the object
-        changed behind loopml (written to the store directly)."""
+        changed behind loopml (written to the store directly). `fresh`: never from a listing."""
         store = self.store
         path = store.object_path(bucket, name)
         if name.endswith("/"):
@@ -109,8 +120,11 @@ class RemoteObjects:
             path.mkdir(parents=True, exist_ok=True)
             return folder, None
         key = self.remote.key(bucket, name)
+        info = None
         with self._lock:
-            info = self._listed.pop(key, None)
+            listed = self._listed.pop(key, None)
+        if listed is not None and not fresh and time.monotonic() - listed[0] < _LISTED_TTL_S:
+            info = listed[1]
         if info is None:
             info = self.remote.info(key)
         if info is None or info.get("type") == "directory":
@@ -121,8 +135,6 @@ class RemoteObjects:
             return meta, info
         meta = self.remote.read_json(self._meta_key(bucket, name))
         if meta is None or meta.get("token") != token:
-            from loopml.api.storage_backend import Hasher, _guess_type
-
             old = meta or {}
             self.remote.download(bucket, name, path, info)
             ns = info_mtime_ns(info) or time.time_ns()
@@ -143,7 +155,7 @@ class RemoteObjects:
 
     def local_copy(self, bucket: str, name: str) -> tuple[dict[str, Any], Path]:
         """The stored facts and a fresh local copy of an object (downloaded when changed)."""
-        meta, info = self.stat(bucket, name)
+        meta, info = self.stat(bucket, name, fresh=True)
         path = self.store.object_path(bucket, name)
         if info is not None:
             self.remote.download(bucket, name, path, info)

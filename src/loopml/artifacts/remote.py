@@ -229,7 +229,8 @@ class RemoteStore:
                 f"gs://{bucket}/{rel} is an object in the store but a directory in the local cache."
             )
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+        # `.NAME.tmp-DIGITS` (hidden from listings); unique per thread, not just per process
+        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}{secrets.randbelow(10**9):09d}")
         try:
             self.fs.get_file(self.key(bucket, rel), str(tmp))
             os.replace(tmp, local)
