@@ -141,3 +141,37 @@ def test_s3_publish_fetch_and_snapshot(s3: dict[str, Any], tmp_path: Path) -> No
     assert b.list("gs://bkt/job/") == ["gs://bkt/job/model/extra.json", "gs://bkt/job/model/model.txt"]
     assert b.list("gs://bkt/job/mod") == b.list("gs://bkt/job/")
     assert b.list("gs://bkt/jobs") == []
+
+
+def test_export_data_shards_go_to_the_store(
+    stores: tuple[ArtifactStore, ArtifactStore, Path], tmp_path: Path
+) -> None:
+    from loopml.errors import InvalidQuery
+    from loopml.warehouse import Warehouse
+
+    a, b, remote = stores
+    wh_a = Warehouse(tmp_path / "a.duckdb", a)
+    wh_b = Warehouse(tmp_path / "b.duckdb", b)
+    try:
+        wh_a.query(
+            "EXPORT DATA OPTIONS(uri='gs://exp/run/part-*.csv', format='CSV', header=true) AS "
+            "SELECT x FROM UNNEST([1, 2, 3]) AS x ORDER BY x",
+            project="p",
+        )
+        assert (remote / "exp" / "run" / "part-000000000000.csv").read_text().split() == ["x", "1", "2", "3"]
+        # another server's export into the same prefix sees the stored shard (not in its cache)
+        with pytest.raises(InvalidQuery, match="not empty"):
+            wh_b.query(
+                "EXPORT DATA OPTIONS(uri='gs://exp/run/part-*.csv', format='CSV') AS SELECT 9 AS y",
+                project="p",
+            )
+        (remote / "exp" / "run" / "part-000000000001.csv").write_text("x\n4\n")  # a stale shard
+        wh_b.query(
+            "EXPORT DATA OPTIONS(uri='gs://exp/run/part-*.csv', format='CSV', overwrite=true) AS SELECT 9 AS y",
+            project="p",
+        )
+        assert sorted(p.name for p in (remote / "exp" / "run").iterdir()) == ["part-000000000000.csv"]
+        assert a.read_bytes("gs://exp/run/part-000000000000.csv").split() == [b"9"]  # a had cached its own
+    finally:
+        wh_a.close()
+        wh_b.close()
