@@ -136,6 +136,10 @@ def test_plan_validates_dataset_split_destination_and_key(stack: Stack) -> None:
     (stack.store.buckets_dir / "bkt" / "p.csv").unlink()  # the source went away after creation
     with pytest.raises(InvalidArgument, match=r"gs://bkt/p\.csv"):
         stack.datasets.plan(P, L, {"datasetId": ident, **gcs})
+    # ... or between the pipeline's creation and its job's start: nothing is written
+    with pytest.raises(InvalidArgument, match=r"gs://bkt/p\.csv"):
+        stack.datasets.materialise(plan, datetime(2024, 1, 1, tzinfo=UTC))
+    assert not (stack.store.buckets_dir / "bkt" / "run").exists()
 
 
 def test_materialise_csv_from_several_files(stack: Stack) -> None:
