@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 import loopml
@@ -65,6 +67,29 @@ def test_client_model_and_endpoint_flow(server: ServerProcess) -> None:
         assert [v["versionId"] for v in client.list_versions("scorer")] == ["2"]
         client.delete_model("scorer")
         assert client.list_models() == []
+
+
+def test_client_fifty_fifty_split_serves_both_deployed_models(server: ServerProcess) -> None:
+    """A 50/50 split made with the client: predictions come from both deployed model ids, each
+    answering as its own version (v2 is trained on flipped labels)."""
+    with loopml.Client(server.url, project="split-proj") as client:
+        client.upload_model("half", save_sklearn(server.home, "h/v1"), image_uri=SKLEARN, model_id="half")
+        client.upload_model(
+            "half", save_sklearn(server.home, "h/v2", flip=True), image_uri=SKLEARN, parent_model="half"
+        )
+        client.create_endpoint("half-ep", endpoint_id="half-ep")
+        a = client.deploy("half-ep", "half@1", traffic=100)["id"]
+        b = client.deploy("half-ep", "half@2", traffic=50)["id"]
+        assert client.get_endpoint("half-ep")["trafficSplit"] == {a: 50, b: 50}
+        answer = {a: [1], b: [0]}  # x0 > 0 is class 1 for v1, class 0 for the flipped v2
+        seen: Counter[str] = Counter()
+        for _ in range(60):
+            result = client.predict("half-ep", [[2.0, 0.0]])
+            dm = result["deployedModelId"]
+            assert result["predictions"] == answer[dm], result
+            seen[dm] += 1
+        assert set(seen) == {a, b}, seen
+        assert 12 <= seen[a] <= 48, seen  # 30 ± 18: about 4.6 standard deviations
 
 
 def test_client_without_server_says_how_to_start_one() -> None:
