@@ -9,7 +9,7 @@ model over loopml's Cloud Storage API), and `/healthz` answers 200 only when the
 
 Dependency order of the packages (a module imports only from earlier ones):
 errors/config/logs/refs → metadata → artifacts → envs → registry → ingest → warehouse → sqlml
-→ training → serving → monitoring → pipelines → api/client/cli/ui.
+→ datasets → training → serving → monitoring → pipelines → api/client/cli/ui.
 (The registry sits before the data plane because SQL models and jobs register into it.)
 """
 
