@@ -257,3 +257,33 @@ def test_batch_prediction_reads_and_writes_the_store(
     assert sorted((tuple(g["instance"]), g["prediction"]) for g in got) == sorted(
         zip(map(tuple, rows), expected, strict=True)
     )
+
+
+def test_a_bad_object_store_configuration_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = {**os.environ, "LOOPML_HOME": str(tmp_path / "home"), "LOOPML_PORT": str(free_port())}
+    cases = [
+        ({"LOOPML_OBJECT_STORE_URL": "nosuchproto://b/p"}, "Cannot open the object store nosuchproto://b/p"),
+        (
+            {"LOOPML_OBJECT_STORE_URL": "s3://b/p", "LOOPML_OBJECT_STORE_OPTIONS": '{"secret": s3cr3t}'},
+            "LOOPML_OBJECT_STORE_OPTIONS is not valid JSON",
+        ),
+        (
+            {"LOOPML_OBJECT_STORE_URL": (tmp_path / "home" / "buckets").as_uri()},
+            "overlaps the artifact root",
+        ),
+    ]
+    for env, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "loopml", "server"],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "s3cr3t" not in done.stderr + done.stdout

@@ -32,7 +32,13 @@ def server(
 
     settings = Settings.from_env(host=host, port=port, home=home, log_level=log_level, gcs_mount=gcs_mount)
     logs.configure(settings.log_level)
-    platform = Platform.open(settings)
+    from loopml.errors import LoopmlError
+
+    try:
+        platform = Platform.open(settings)
+    except LoopmlError as exc:  # a configuration mistake (e.g. the object store): no traceback
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
     app = create_app(platform)
     config = uvicorn.Config(
         app,
@@ -46,5 +52,9 @@ def server(
         backlog=2048,
         timeout_graceful_shutdown=30,
     )
-    typer.echo(f"loopml server on http://{settings.host}:{settings.port} (home {settings.resolved_home()})")
+    remote = platform.artifacts.remote
+    store = f", buckets in {remote.display}" if remote is not None else ""
+    typer.echo(
+        f"loopml server on http://{settings.host}:{settings.port} (home {settings.resolved_home()}{store})"
+    )
     uvicorn.Server(config).run()
