@@ -88,6 +88,15 @@ def test_batching_labels_validated_stored_replayed_and_applied(server: Any) -> N
         error = r.json()["error"]
         assert error["status"] == "INVALID_ARGUMENT" and needle in error["message"], error
         assert "deployedModel.systemLabels[" in error["message"]
+    # a custom container gets one HTTP request per prediction request: batching labels are refused
+    container = {"imageUri": "example.com/own-server:1", "command": ["python", "-m", "http.server"]}
+    upload(server.url, "own-server", save(server.home, clf, "own-server"), container=container)
+    r = httpx.post(
+        f"{server.url}/v1/{bad_ep}:deployModel",
+        json=_deploy_body("own-server", {"loopml-max-batch-size": "8"}),
+        timeout=60,
+    )
+    assert r.status_code == 400 and "apply to built-in model servers" in r.json()["error"]["message"], r.text
     assert call(server.url, "GET", bad_ep).get("deployedModels", []) == []
 
     # -- max batch 1, deployed through the Vertex SDK (system_labels passes through) ----------
