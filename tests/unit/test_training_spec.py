@@ -145,8 +145,9 @@ def test_data_env_warehouse_table_and_uris() -> None:
     }
     env = data_env({"dataUris": {"format": "csv", "training": "gs://b1/train-*.csv"}})
     assert env == {"AIP_DATA_FORMAT": "csv", "AIP_TRAINING_DATA_URI": "gs://b1/train-*.csv"}
-    with pytest.raises(InvalidArgument, match="Managed datasets"):
-        data_env({"datasetId": "123"})
+    assert data_env({"datasetId": "123"}) == {}  # a managed dataset's variables come at job start
+    with pytest.raises(InvalidArgument, match="give only one"):
+        data_env({"datasetId": "123", "warehouseTable": "bq://p.d.t"})
     with pytest.raises(InvalidArgument, match=r"project\.dataset\.table"):
         data_env({"warehouseTable": "bq://only.two"})
 

@@ -247,6 +247,9 @@ class JobRunner:
                     logf.write(f"[loopml] preparing the dataset failed: {exc.message}\n")
                     self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the dataset failed: {exc.message}")
                     return
+                if act.cancel.is_set():  # cancelled while the split was written
+                    self._finish(pk, "JOB_STATE_CANCELLED", 1, "The job was cancelled before it started.")
+                    return
             env = job_env(
                 base_env=dict(os.environ),
                 bin_dirs=launch.bin_dirs,

@@ -3,7 +3,10 @@
 `create_custom_job` stores a PENDING job and submits it; the runner does the rest.
 `create_training_pipeline` stores the pipeline and a backing CustomJob; when that job succeeds
 the pipeline uploads its model through the registry (`modelToUpload`, with `AIP_MODEL_DIR` as
-the artifact URI when none is given) and only then becomes SUCCEEDED.
+the artifact URI when none is given) and only then becomes SUCCEEDED. A pipeline with
+`inputDataConfig.datasetId` is checked against the managed dataset when it is created
+(`services["datasets"].plan`), and its job writes the split when it starts (`_prepare_data`, the
+runner's `prepare_data` hook); the uploaded model's lineage names the dataset.
 """
 
 from __future__ import annotations
