@@ -349,3 +349,43 @@ def test_cli_create_list_describe_delete(srv: ServerProcess) -> None:
     assert _cli(srv, "delete", ds_id).returncode == 0
     gone = _cli(srv, "describe", ds_id)
     assert gone.returncode == 1 and "does not exist" in gone.stderr
+
+
+def test_rest_operations_are_pollable_and_bad_bodies_are_400(srv: ServerProcess) -> None:
+    schema = "gs://google-cloud-aiplatform/schema/dataset/metadata/tabular_1.0.0.yaml"
+    source = {"inputConfig": {"gcsSource": {"uri": [f"gs://{BUCKET}/wine/wine.csv"]}}}
+    base = f"{srv.url}/v1/{PARENT}/datasets"
+    op = httpx.post(
+        base, json={"displayName": "rest", "metadataSchemaUri": schema, "metadata": source}
+    ).json()
+    assert op["done"] is True and op["metadata"]["@type"].endswith("CreateDatasetOperationMetadata")
+    for prefix in ("ui", "v1"):  # the REST transport polls /ui/{operation}
+        polled = httpx.get(f"{srv.url}/{prefix}/{op['name']}").json()
+        assert polled["done"] is True and polled["response"]["name"] == op["response"]["name"]
+    cases = [
+        ({"metadataSchemaUri": schema, "metadata": source}, "displayName is required"),
+        ({"displayName": "x", "metadataSchemaUri": "gs://x/image_1.0.0.yaml", "metadata": source}, "tabular"),
+        ({"displayName": "x", "metadataSchemaUri": schema}, "Dataset.metadata must be an object"),
+        (
+            {
+                "displayName": "x",
+                "metadataSchemaUri": schema,
+                "metadata": {
+                    "inputConfig": {**source["inputConfig"], "bigquerySource": {"uri": "bq://a.b.c"}}
+                },
+            },
+            "exactly one",
+        ),
+    ]
+    for body, needle in cases:
+        r = httpx.post(base, json=body)
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    ds = op["response"]["name"].rsplit("/", 1)[1]
+    r = httpx.patch(f"{base}/{ds}", params={"updateMask": "metadata"}, json={"metadata": {}})
+    assert r.status_code == 400 and "cannot be updated" in r.json()["error"]["message"]
+    r = httpx.post(f"{base}/{ds}:import", json={})
+    assert r.status_code in (404, 405)
+    r = httpx.get(base, params={"pageSize": "many"})
+    assert r.status_code == 400 and "pageSize" in r.json()["error"]["message"]
+    assert httpx.delete(f"{base}/{ds}").json()["done"] is True
