@@ -389,3 +389,38 @@ def test_rest_operations_are_pollable_and_bad_bodies_are_400(srv: ServerProcess)
     r = httpx.get(base, params={"pageSize": "many"})
     assert r.status_code == 400 and "pageSize" in r.json()["error"]["message"]
     assert httpx.delete(f"{base}/{ds}").json()["done"] is True
+
+
+def test_predefined_split_column_from_the_sdk(sdk: Any, srv: ServerProcess) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    frame = wine_slice().head(60)
+    frame["ml_use"] = ["training"] * 40 + ["validation"] * 5 + ["test"] * 10 + ["unassigned"] * 5
+    gcs = storage.Client(
+        project=P, credentials=AnonymousCredentials(), client_options={"api_endpoint": srv.url}
+    )
+    gcs.bucket(BUCKET).blob("wine/predefined.csv").upload_from_string(frame.to_csv(index=False))
+    ds = sdk.TabularDataset.create(display_name="predefined", gcs_source=f"gs://{BUCKET}/wine/predefined.csv")
+    code = (
+        "import os\n"
+        "for s in ('TRAINING', 'VALIDATION', 'TEST'):\n"
+        "    uri = os.environ[f'AIP_{s}_DATA_URI']\n"
+        "    print('URI', s, uri)\n"
+    )
+    job = sdk.CustomContainerTrainingJob(
+        display_name="predefined-train", container_uri="python:3.11-slim", command=["python", "-c", code]
+    )
+    job.run(
+        dataset=ds,
+        replica_count=1,
+        base_output_dir=f"gs://{BUCKET}/runs/predefined",
+        predefined_split_column_name="ml_use",
+        timeout=120,
+    )
+    text = pipeline_job_log(srv, job)
+    assert job.state.name == "PIPELINE_STATE_SUCCEEDED", text
+    uris = dict(line.split()[1:3] for line in text.splitlines() if line.startswith("URI "))
+    for split, ids in (("training", range(40)), ("validation", range(40, 45)), ("test", range(45, 55))):
+        rows = split_rows_csv(srv, uris[split.upper()])
+        assert sorted(rows["row_id"]) == list(ids) and set(rows["ml_use"]) == {split}
