@@ -422,7 +422,9 @@ def test_deploy_with_automatic_resources(server: ServerProcess, api: Api) -> Non
         ("doubler", {"minReplicaCount": 2, "maxReplicaCount": 1}, "must be at least minReplicaCount"),
         ("doubler", {"minReplicaCount": 0}, "minReplicaCount must be at least 1"),
     ]:
-        body = {"deployedModel": {"model": f"{PARENT}/models/{model_id}", "automaticResources": auto}}
+        body: dict[str, Any] = {
+            "deployedModel": {"model": f"{PARENT}/models/{model_id}", "automaticResources": auto}
+        }
         r = api.http.post(f"{ep}:deployModel", json=body)
         assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
         assert "deployedModel.automaticResources" in r.json()["error"]["message"], r.text
