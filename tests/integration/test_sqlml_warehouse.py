@@ -7,6 +7,7 @@ all-or-nothing failures, EXPORT MODEL and the supervised model types.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections.abc import Iterator
@@ -316,8 +317,8 @@ def test_export_model(stack: Stack) -> None:
     assert predictor.predict([{"tax": 4.9, "shipping": 5.99, "value": 1000000.1}], None)[0][
         "nearest_centroid_id"
     ] == [1]
-    with pytest.raises(InvalidQuery, match="ALTER MODEL is not supported"):
-        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='x')")
+    with pytest.raises(InvalidQuery, match="ALTER MODEL option KMS_KEY_NAME is not supported"):
+        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(kms_key_name='k')")
     with pytest.raises(InvalidQuery, match="Unknown option FORMAT"):
         stack.q("EXPORT MODEL ecommerce_sink.anomaly_detection OPTIONS(uri='gs://exports/x', format='TF')")
 
@@ -424,3 +425,119 @@ def test_bigquery_model_resources(stack: Stack) -> None:
         stack.sqlml.list_model_resources(P, "no_dataset")
     stack.sqlml.delete_model(P, "ecommerce_sink", "anomaly_detection")
     assert stack.sqlml.list_model_resources(P, "ecommerce_sink") == [] and stack.versions() == []
+
+
+def test_alter_model_registers_an_existing_model(stack: Stack) -> None:
+    load_events(stack, 300)
+    stack.q(CREATE.replace(", MODEL_REGISTRY='VERTEX_AI'", ""))
+    assert stack.versions() == []
+    path = stack.sqlml.catalog.list(P, "ecommerce_sink")[0].path
+    # every check runs before anything changes
+    for bad, match in [
+        ("vertex_ai_model_id='Bad Id'", "Invalid Vertex AI model id 'Bad Id'"),
+        ("vertex_ai_model_version_aliases=['champion']", "set VERTEX_AI_MODEL_ID to register"),
+        (
+            "vertex_ai_model_id='anomaly_detection', vertex_ai_model_version_aliases=['1x']",
+            "Invalid alias '1x'",
+        ),
+        ("labels=[('Team', 'ml')]", "invalid label key 'Team'"),
+        ("deploy_model=TRUE", "option DEPLOY_MODEL is not supported"),
+        ("num_clusters=3", "Unknown or unsupported ALTER MODEL option NUM_CLUSTERS"),
+        ("expiration_timestamp=TIMESTAMP 'soon'", "invalid timestamp 'soon'"),
+    ]:
+        with pytest.raises(InvalidQuery, match=match):
+            stack.q(f"ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS({bad})")
+    entry = stack.sqlml.catalog.get(path)
+    assert entry.registry is None and "labels" not in entry.record and stack.versions() == []
+
+    result = stack.wh.query(
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='anomaly_detection', "
+        "vertex_ai_model_version_aliases=['champion'], description='registered later', "
+        "labels=[('team', 'ml'), STRUCT('stage', 'dev')], expiration_timestamp=TIMESTAMP '2031-01-02 00:00:00 UTC')",
+        project=P,
+    )
+    assert result.statement_type == "ALTER_MODEL"
+    assert stack.versions() == ["1"]
+    version = stack.registry.get_model(P, L, "anomaly_detection")
+    assert set(version["versionAliases"]) == {"default", "champion"}
+    assert version["description"] == "registered later" and version["labels"]["team"] == "ml"
+    assert version["modelSourceInfo"]["sourceType"] == "BQML"
+    resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    assert resource["trainingRuns"][0]["vertexAiModelId"] == "anomaly_detection"
+    assert resource["labels"] == {"team": "ml", "stage": "dev"}
+    assert resource["description"] == "registered later"
+    expires = dt.datetime(2031, 1, 2, tzinfo=dt.UTC)
+    assert resource["expirationTime"] == str(int(expires.timestamp() * 1000))
+    # the registered version serves the SQL model's files
+    assert stack.registry.get_model(P, L, "anomaly_detection@1")["artifactUri"].endswith("artifact")
+
+    # one Vertex model id per SQL model; the same id again only adds aliases
+    with pytest.raises(InvalidQuery, match="already registered as Vertex AI model anomaly_detection"):
+        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='other')")
+    stack.q(
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_version_aliases=['prod'])"
+    )
+    assert set(stack.registry.get_model(P, L, "anomaly_detection")["versionAliases"]) == {
+        "default",
+        "champion",
+        "prod",
+    }
+    # ALTER replaces labels; NULL description clears it
+    stack.q(
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(labels=[('team', 'data')], description=NULL)"
+    )
+    resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    assert resource["labels"] == {"team": "data"} and "description" not in resource
+
+    assert stack.q("ALTER MODEL IF EXISTS ecommerce_sink.nope SET OPTIONS(description='x')").num_rows == 0
+    with pytest.raises(NotFound, match=r"Model hyp-proj:ecommerce_sink\.nope"):
+        stack.q("ALTER MODEL ecommerce_sink.nope SET OPTIONS(description='x')")
+    # DROP MODEL removes the registration made by ALTER
+    stack.q("DROP MODEL ecommerce_sink.anomaly_detection")
+    assert stack.versions() == []
+
+
+def test_models_patch_through_the_service(stack: Stack) -> None:
+    from loopml.sqlml.metadata import PreconditionFailed
+
+    load_events(stack, 300)
+    stack.q(CREATE.replace(", MODEL_REGISTRY='VERTEX_AI'", ""))
+    first = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    patched = stack.sqlml.patch_model_resource(
+        P,
+        "ecommerce_sink",
+        "anomaly_detection",
+        {"description": "d", "labels": {"a": "1", "b": "2"}, "friendlyName": "Anomalies"},
+        if_match=first["etag"],
+    )
+    assert (patched["description"], patched["labels"], patched["friendlyName"]) == (
+        "d",
+        {"a": "1", "b": "2"},
+        "Anomalies",
+    )
+    assert patched["etag"] != first["etag"] and int(patched["lastModifiedTime"]) >= int(first["creationTime"])
+    with pytest.raises(PreconditionFailed, match="has changed"):
+        stack.sqlml.patch_model_resource(
+            P, "ecommerce_sink", "anomaly_detection", {"description": "e"}, if_match=first["etag"]
+        )
+    merged = stack.sqlml.patch_model_resource(
+        P, "ecommerce_sink", "anomaly_detection", {"labels": {"a": None}}
+    )
+    assert merged["labels"] == {"b": "2"} and merged["description"] == "d"
+    from loopml.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="Unknown or read-only field 'bogus'"):
+        stack.sqlml.patch_model_resource(P, "ecommerce_sink", "anomaly_detection", {"bogus": 1})
+    with pytest.raises(InvalidArgument, match="encryptionConfiguration"):
+        stack.sqlml.patch_model_resource(
+            P, "ecommerce_sink", "anomaly_detection", {"encryptionConfiguration": {}}
+        )
+    assert stack.versions() == []
+    registered = stack.sqlml.patch_model_resource(
+        P, "ecommerce_sink", "anomaly_detection", {"trainingRuns": [{"vertexAiModelId": "patched_model"}]}
+    )
+    assert registered["trainingRuns"][0]["vertexAiModelId"] == "patched_model"
+    assert stack.versions("patched_model") == ["1"]
+    assert stack.registry.get_model(P, L, "patched_model")["description"] == "d"
+    with pytest.raises(NotFound):
+        stack.sqlml.patch_model_resource(P, "ecommerce_sink", "nope", {"description": "x"})

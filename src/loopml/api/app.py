@@ -30,6 +30,7 @@ ROUTE_MODULES = [
     "loopml.api.vertex_datasets",
     "loopml.api.predict",
     "loopml.api.bigquery",
+    "loopml.api.bigquery_models",
     "loopml.api.pubsub",
     "loopml.api.storage",
     "loopml.api.jobs",

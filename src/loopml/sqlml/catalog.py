@@ -143,7 +143,11 @@ class Catalog:
             os.replace(parked, target)
 
     def set_registry(self, entry: Entry, registry: dict[str, Any] | None) -> None:
-        record = {**entry.record, "registry": registry}
+        self.update_record(entry, {"registry": registry})
+
+    def update_record(self, entry: Entry, changes: dict[str, Any]) -> None:
+        """Replace entry.json atomically with `changes` applied (metadata, registry link)."""
+        record = {**entry.record, **changes}
         tmp = entry.directory / ".entry.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, entry.directory / "entry.json")

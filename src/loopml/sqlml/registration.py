@@ -42,12 +42,13 @@ class Registrar:
         artifact_uri: str,
         lineage: dict[str, Any],
         description: str | None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "displayName": model_id,
             "artifactUri": artifact_uri,
             "versionAliases": ["default", *[a for a in aliases if a != "default"]],
-            "labels": {"loopml-source": "bigquery-ml"},
+            "labels": {**(labels or {}), "loopml-source": "bigquery-ml"},
         }
         if description:
             body["description"] = description
@@ -70,6 +71,13 @@ class Registrar:
         }
         log.info("registered BQML model as %s@%s", resp["model"], link["version"])
         return link
+
+    def add_aliases(self, link: dict[str, Any], aliases: list[str]) -> None:
+        """Give the linked version these aliases (taken from any other version holding them)."""
+        if aliases:
+            self.registry.merge_version_aliases(
+                link["project"], link["location"], f"{link['model_id']}@{link['version']}", list(aliases)
+            )
 
     def deployments(self, link: dict[str, Any]) -> list[dict[str, Any]]:
         try:

@@ -131,6 +131,13 @@ def _metrics(model: SqlModel) -> dict[str, Any]:
     return {key: agg}
 
 
+def etag(entry: Entry) -> str:
+    """Changes with the model (CREATE OR REPLACE) and with every metadata change."""
+    generation = str(entry.record.get("generation", ""))
+    revision = int(entry.record.get("revision") or 0)
+    return f"{generation}.{revision}" if revision else generation
+
+
 def model_resource(entry: Entry, model: SqlModel, location: str) -> dict[str, Any]:
     path = entry.path
     created_ms = int(entry.record.get("created_ms") or model.info.get("created_ms") or 0)
@@ -166,17 +173,25 @@ def model_resource(entry: Entry, model: SqlModel, location: str) -> dict[str, An
     if registry:
         run["vertexAiModelId"] = registry["model_id"]
         run["vertexAiModelVersion"] = registry["version"]
-    return {
+    record = entry.record
+    out: dict[str, Any] = {
         "kind": "bigquery#model",
-        "etag": str(entry.record.get("generation", "")),
+        "etag": etag(entry),
         "modelReference": {"projectId": path.project, "datasetId": path.dataset, "modelId": path.model},
         "creationTime": str(created_ms),
-        "lastModifiedTime": str(created_ms),
+        "lastModifiedTime": str(int(record.get("modified_ms") or created_ms)),
         "modelType": model.model_type,
         "location": location,
-        "description": model.options.get("DESCRIPTION") or "",
-        "labels": {},
+        "labels": dict(record.get("labels") or {}),
         "featureColumns": [{"name": f.name, "type": _type(f.type)} for f in model.encoder.features],
         "labelColumns": _label_columns(model),
         "trainingRuns": [run],
     }
+    description = record["description"] if "description" in record else model.options.get("DESCRIPTION")
+    if description:
+        out["description"] = description
+    if record.get("friendly_name"):
+        out["friendlyName"] = record["friendly_name"]
+    if record.get("expiration_ms") is not None:
+        out["expirationTime"] = str(int(record["expiration_ms"]))
+    return out

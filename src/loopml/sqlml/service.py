@@ -1,4 +1,4 @@
-"""BigQuery ML on the warehouse: CREATE/DROP/EXPORT MODEL statements and the ML.* table functions.
+"""BigQuery ML on the warehouse: CREATE/DROP/EXPORT/ALTER MODEL statements and the ML.* table functions.
 
 The service plugs into the warehouse through its two extension hooks (`install()`), keeps
 models in the catalog (`catalog.py`) and registers them in the Vertex Model Registry on request.
@@ -18,16 +18,19 @@ import sqlglot
 from sqlglot import exp
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import AlreadyExists, InvalidQuery, LoopmlError, NotFound
+from loopml.errors import AlreadyExists, InvalidArgument, InvalidQuery, LoopmlError, NotFound
 from loopml.sqlml import functions, trainer
 from loopml.sqlml import options as opts
 from loopml.sqlml.catalog import Catalog, Entry
+from loopml.sqlml.metadata import ModelUpdate, PreconditionFailed, from_alter, from_patch
 from loopml.sqlml.model import SqlModel
 from loopml.sqlml.registration import Registrar, vertex_location
-from loopml.sqlml.resources import model_resource
+from loopml.sqlml.resources import etag, model_resource
 from loopml.sqlml.statements import (
+    AlterModel,
     CreateModel,
     ModelPath,
+    parse_alter_model,
     parse_create_model,
     parse_drop_model,
     parse_export_model,
@@ -78,10 +81,7 @@ class SqlMLService:
         if kind == "CREATE_MODEL":
             return self.create_model(parse_create_model(sql, ctx.project, ctx.default_dataset), ctx)
         if kind == "ALTER_MODEL":
-            raise InvalidQuery(
-                "ALTER MODEL is not supported by loopml; re-create the model with CREATE OR REPLACE MODEL "
-                "(with MODEL_REGISTRY = 'VERTEX_AI' to register it)."
-            )
+            return self.alter_model(parse_alter_model(sql, ctx.project, ctx.default_dataset))
         if kind == "DROP_MODEL":
             stmt = parse_drop_model(sql, ctx.project, ctx.default_dataset)
             return self.drop_model(stmt.path, if_exists=stmt.if_exists)
@@ -208,6 +208,118 @@ class SqlMLService:
         log.info("dropped model %s", path.full)
         return QueryResult.empty("DROP_MODEL", ddl_operation="DROP", destination=_target(path))
 
+    def alter_model(self, stmt: AlterModel) -> QueryResult:
+        """ALTER MODEL … SET OPTIONS(...): metadata, and registering an unregistered model."""
+        update = from_alter(stmt.options)
+        if self.catalog.find(stmt.path) is None and stmt.if_exists:
+            return QueryResult.empty("ALTER_MODEL", ddl_operation="SKIP", destination=_target(stmt.path))
+        self.update_model(stmt.path, update, error=InvalidQuery)
+        log.info("altered model %s", stmt.path.full)
+        return QueryResult.empty("ALTER_MODEL", destination=_target(stmt.path))
+
+    def update_model(
+        self,
+        path: ModelPath,
+        up: ModelUpdate,
+        *,
+        if_match: str | None = None,
+        error: type[InvalidArgument] = InvalidArgument,
+    ) -> Entry:
+        """Apply a checked metadata update; registers the model first when asked to.
+
+        Nothing changes when a check fails; a registration whose record cannot be written is
+        removed again.
+        """
+        with self.catalog.lock:
+            entry = self.catalog.get(path)
+            if if_match is not None and if_match.strip() not in ("*", etag(entry), f'"{etag(entry)}"'):
+                raise PreconditionFailed(
+                    f"Model {path.project}:{path.dataset}.{path.model} has changed (etag {etag(entry)}); "
+                    "get it again and retry the update."
+                )
+            record = entry.record
+            changes: dict[str, Any] = {}
+            if "description" in up.given:
+                changes["description"] = up.description
+            if "friendlyName" in up.given:
+                changes["friendly_name"] = up.friendly_name
+            if "expirationTime" in up.given:
+                changes["expiration_ms"] = up.expiration_ms
+            labels: dict[str, str] = dict(record.get("labels") or {})
+            if "labels" in up.given:
+                if up.replace_labels:
+                    labels = {}
+                for key, value in up.labels.items():
+                    if value is None:
+                        labels.pop(key, None)
+                    else:
+                        labels[key] = value
+                changes["labels"] = labels
+            link = self._register_existing(entry, up, labels, changes, error)
+            if link is not None:
+                changes["registry"] = link
+            changes["revision"] = int(record.get("revision") or 0) + 1
+            changes["modified_ms"] = int(time.time() * 1000)
+            try:
+                self.catalog.update_record(entry, changes)
+            except BaseException:
+                if link is not None and self.registrar is not None:
+                    self.registrar.remove_quietly(link)
+                raise
+        return entry
+
+    def _register_existing(
+        self,
+        entry: Entry,
+        up: ModelUpdate,
+        labels: dict[str, str],
+        changes: dict[str, Any],
+        error: type[InvalidArgument],
+    ) -> dict[str, Any] | None:
+        """Register an unregistered model (VERTEX_AI_MODEL_ID); returns the new link, if any."""
+        if not up.registers:
+            return None
+        path = entry.path
+        current = entry.registry
+        if current is not None:
+            if up.vertex_model_id is not None and up.vertex_model_id != current["model_id"]:
+                raise error(
+                    f"Model {path.full} is already registered as Vertex AI model {current['model_id']}; "
+                    "a BigQuery ML model is registered under one model id only."
+                )
+            if up.aliases and self.registrar is not None:
+                self.registrar.add_aliases(current, up.aliases)
+            return None
+        if up.vertex_model_id is None:
+            raise error(
+                f"Model {path.full} is not registered: set VERTEX_AI_MODEL_ID to register it, "
+                "together with VERTEX_AI_MODEL_VERSION_ALIASES."
+            )
+        if self.registrar is None:
+            raise error("Registering in Vertex AI needs the model registry, which is not configured.")
+        dataset = self.warehouse.get_dataset(path.project, path.dataset)
+        model = self.catalog.load(entry)
+        description = (
+            changes["description"]
+            if "description" in changes
+            else entry.record.get("description", model.options.get("DESCRIPTION"))
+        )
+        return self.registrar.register(
+            path.project,
+            vertex_location(dataset.get("location")),
+            up.vertex_model_id,
+            up.aliases or [],
+            self.artifacts.uri_for(entry.artifact_dir),
+            {
+                "kind": "sql",
+                "statement": entry.record.get("statement", ""),
+                "trainingTables": list(model.info.get("training_tables") or []),
+                "bqmlModel": path.full,
+            },
+            description,
+            labels,
+        )
+
     def export_model(self, path: ModelPath, options: dict[str, Any]) -> QueryResult:
         unknown = sorted(set(options) - {"URI"})
         if unknown:
@@ -247,6 +359,17 @@ class SqlMLService:
         location = self.warehouse.get_dataset(project, dataset).get("location") or "US"
         entry, loaded = self.get_model(path)
         return model_resource(entry, loaded, location)
+
+    def patch_model_resource(
+        self, project: str, dataset: str, model: str, body: Any, if_match: str | None = None
+    ) -> dict[str, Any]:
+        """`PATCH /bigquery/v2/projects/p/datasets/d/models/m` (description, labels, friendlyName,
+        expirationTime, trainingRuns[].vertexAiModelId); 412 when If-Match names an older etag."""
+        path = resolve_path([project, dataset, model], project, None)
+        location = self.warehouse.get_dataset(project, dataset).get("location") or "US"
+        update = from_patch(body, path)
+        entry = self.update_model(path, update, if_match=if_match)
+        return model_resource(entry, self.catalog.load(entry), location)
 
     def delete_model(self, project: str, dataset: str, model: str) -> None:
         """`DELETE /bigquery/v2/projects/p/datasets/d/models/m`: DROP MODEL (404 when missing)."""

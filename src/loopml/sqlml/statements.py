@@ -3,6 +3,7 @@
     CREATE [OR REPLACE] MODEL [IF NOT EXISTS] [project.]dataset.model OPTIONS(k = v, ...) AS query
     DROP MODEL [IF EXISTS] [project.]dataset.model
     EXPORT MODEL [project.]dataset.model OPTIONS(uri = 'gs://...')
+    ALTER MODEL [IF EXISTS] [project.]dataset.model SET OPTIONS(k = v, ...)
 
 The header and OPTIONS list are parsed here; the query after `AS` is passed to the warehouse as
 text. Unsupported clauses (TRANSFORM, INPUT/OUTPUT, REMOTE) are refused with a message naming them.
@@ -55,6 +56,29 @@ class ExportModel:
     path: ModelPath
     options: dict[str, Any]
     sql: str
+
+
+@dataclass
+class AlterModel:
+    path: ModelPath
+    if_exists: bool
+    options: dict[str, Any]  # upper-case option name -> value (LABELS: [[key, value], ...])
+    sql: str
+
+
+ALTER_OPTIONS = (
+    "VERTEX_AI_MODEL_ID",
+    "VERTEX_AI_MODEL_VERSION_ALIASES",
+    "DESCRIPTION",
+    "LABELS",
+    "EXPIRATION_TIMESTAMP",
+)
+_ALTER_REFUSED = {
+    "KMS_KEY_NAME": "customer-managed encryption keys are not supported by loopml",
+    "DEPLOY_MODEL": "deploy the registered model to a Vertex AI endpoint instead",
+    "ENDPOINT_IDLE_TTL": "loopml does not manage endpoints for BigQuery ML models",
+    "MODEL_REGISTRY": "set VERTEX_AI_MODEL_ID to register an existing model",
+}
 
 
 def resolve_path(
@@ -182,3 +206,59 @@ def parse_export_model(sql: str, project: str, default_dataset: str | None) -> E
         options = _options(sc)
     _statement_end(sc)
     return ExportModel(path, options, sql)
+
+
+def _alter_value(sc: Scanner, name: str) -> Any:
+    if name == "LABELS":  # [("key", "value"), ...] or STRUCT("key", "value") entries
+        sc.expect_char("[")
+        pairs: list[list[Any]] = []
+        if sc.accept_char("]"):
+            return pairs
+        while True:
+            sc.accept("STRUCT")
+            sc.expect_char("(")
+            key = sc.literal()
+            sc.expect_char(",")
+            value = sc.literal()
+            sc.expect_char(")")
+            pairs.append([key, value])
+            if sc.accept_char("]"):
+                return pairs
+            sc.expect_char(",")
+    if name == "EXPIRATION_TIMESTAMP" and sc.accept("TIMESTAMP"):
+        return sc.string()
+    return sc.literal()
+
+
+def parse_alter_model(sql: str, project: str, default_dataset: str | None) -> AlterModel:
+    sc = Scanner(sql)
+    sc.expect("ALTER", "MODEL")
+    if_exists = sc.accept("IF", "EXISTS")
+    path = resolve_path(sc.path(), project, default_dataset)
+    if not sc.accept("SET", "OPTIONS"):
+        raise InvalidQuery(
+            "ALTER MODEL supports SET OPTIONS(...) only: ALTER MODEL ds.m SET OPTIONS(description = '...')."
+        )
+    sc.expect_char("(")
+    options: dict[str, Any] = {}
+    if not sc.accept_char(")"):
+        while True:
+            name = sc.identifier().upper()
+            if name in _ALTER_REFUSED:
+                raise InvalidQuery(f"ALTER MODEL option {name} is not supported: {_ALTER_REFUSED[name]}.")
+            if name not in ALTER_OPTIONS:
+                raise InvalidQuery(
+                    f"Unknown or unsupported ALTER MODEL option {name}; loopml supports "
+                    f"{', '.join(o.lower() for o in ALTER_OPTIONS)}."
+                )
+            if name in options:
+                raise InvalidQuery(f"Option {name} is given more than once.")
+            sc.expect_char("=")
+            options[name] = _alter_value(sc, name)
+            if sc.accept_char(")"):
+                break
+            sc.expect_char(",")
+    if not options:
+        raise InvalidQuery("ALTER MODEL ... SET OPTIONS() needs at least one option.")
+    _statement_end(sc)
+    return AlterModel(path, if_exists, options, sql)
