@@ -39,7 +39,7 @@ def s3() -> Iterator[tuple[s3fs.S3FileSystem, str]]:
     host, port = moto.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing")
-    fs.mkdir("team")
+    fs.makedirs("team", exist_ok=True)  # moto servers of one process share their state
     yield fs, endpoint
     moto.stop()
 

@@ -28,7 +28,7 @@ def s3_store() -> Iterator[s3fs.S3FileSystem]:
     fs = s3fs.S3FileSystem(
         endpoint_url=f"http://{host}:{port}", key="k", secret="s", use_listings_cache=False
     )
-    fs.mkdir("suite")
+    fs.makedirs("suite", exist_ok=True)
     yield fs
     moto.stop()
 

@@ -121,21 +121,21 @@ def s3() -> Iterator[dict[str, Any]]:
     host, port = server.get_host_and_port()
     options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("team")
+    fs.makedirs("team-int", exist_ok=True)
     yield {"fs": fs, "options": options}
     server.stop()
 
 
 def test_s3_publish_fetch_and_snapshot(s3: dict[str, Any], tmp_path: Path) -> None:
     fs: s3fs.S3FileSystem = s3["fs"]
-    a = ArtifactStore(tmp_path / "a", "s3://team/int", s3["options"])
-    b = ArtifactStore(tmp_path / "b", "s3://team/int", s3["options"])
+    a = ArtifactStore(tmp_path / "a", "s3://team-int/int", s3["options"])
+    b = ArtifactStore(tmp_path / "b", "s3://team-int/int", s3["options"])
     out = a.resolve("gs://bkt/job/model/")
     out.mkdir(parents=True)
     (out / "model.txt").write_text("trained")
     assert a.publish("gs://bkt/job/model/") == 1
-    assert fs.cat("team/int/bkt/job/model/model.txt") == b"trained"
-    fs.pipe("team/int/bkt/job/model/extra.json", b"{}")
+    assert fs.cat("team-int/int/bkt/job/model/model.txt") == b"trained"
+    fs.pipe("team-int/int/bkt/job/model/extra.json", b"{}")
     snap = b.snapshot("gs://bkt/job/model", "p", "l", "m", "1")
     assert sorted(p.name for p in snap.iterdir()) == ["extra.json", "model.txt"]
     assert b.list("gs://bkt/job/") == ["gs://bkt/job/model/extra.json", "gs://bkt/job/model/model.txt"]

@@ -82,25 +82,25 @@ def install(app: FastAPI, platform: Platform) -> None:
         method = request.method
         if segs == ["b"]:
             if method == "GET":
-                items = store.list_buckets(params.get("prefix", ""))
+                items = await store.run(store.list_buckets, params.get("prefix", ""))
                 return json_response({"kind": "storage#buckets", "items": items})
             if method == "POST":
                 body = await read_json(request)
                 name = body.get("name") if isinstance(body, dict) else None
                 if not isinstance(name, str) or not name:
                     raise InvalidArgument("A bucket name is required in the request body.")
-                return json_response(store.create_bucket(name, body))
+                return json_response(await store.run(store.create_bucket, name, body))
         elif len(segs) == 2 and segs[0] == "b":
             if method == "GET":
-                return json_response(store.bucket_json(segs[1]))
+                return json_response(await store.run(store.bucket_json, segs[1]))
             if method in ("PATCH", "PUT"):
                 await read_json(request)
-                return json_response(store.bucket_json(segs[1]))
+                return json_response(await store.run(store.bucket_json, segs[1]))
             if method == "DELETE":
-                store.delete_bucket(segs[1])
+                await store.run(store.delete_bucket, segs[1])
                 return Response(status_code=204)
         elif len(segs) == 3 and segs[0] == "b" and segs[2] == "o" and method == "GET":
-            return _list(store, segs[1], params, _base_url(request))
+            return await store.run(_list, store, segs[1], params, _base_url(request))
         elif len(segs) >= 4 and segs[0] == "b" and segs[2] == "o":
             return await _object(request, store, segs[1], segs[3:], params)
         raise NotFound(f"Not found: {method} {request.url.path} is not part of the storage API subset.")
@@ -111,7 +111,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         if len(segs) != 3 or segs[0] != "b" or segs[2] != "o":
             raise NotFound(f"Not found: {request.url.path} (uploads go to /upload/storage/v1/b/BUCKET/o).")
         bucket = segs[1]
-        store.bucket_dir(bucket)
+        await store.run(store.bucket_dir, bucket)
         params = _params(request)
         kind = params.get("uploadType", "")
         base = _base_url(request)
@@ -135,7 +135,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         if len(segs) < 4 or segs[0] != "b" or segs[2] != "o":
             raise NotFound(f"Not found: {request.url.path}")
         name = validate_object_name("/".join(segs[3:]))
-        return _download(request, store, segs[1], name)
+        return await store.run(_download, request, store, segs[1], name)
 
     @app.post("/batch/storage/v1")
     async def storage_batch(request: Request) -> Response:
@@ -179,7 +179,9 @@ async def _object(
         assert dst_bucket is not None and dst_name is not None
         validate_object_name(dst_name)
         body = await read_json(request)
-        meta = store.copy(bucket, name, dst_bucket, dst_name, body if isinstance(body, dict) else {})
+        meta = await store.run(
+            store.copy, bucket, name, dst_bucket, dst_name, body if isinstance(body, dict) else {}
+        )
         resource = store.object_json(dst_bucket, dst_name, base, meta)
         if verb == "copyTo":
             return json_response(resource)
@@ -197,21 +199,26 @@ async def _object(
         raise Unimplemented("objects.compose is not supported by loopml's storage API.")
     if method == "GET":
         if params.get("alt") == "media":
-            return _download(request, store, bucket, name)
-        meta = store.stat(bucket, name)
-        if params.get("ifGenerationMatch") or params.get("ifGenerationNotMatch"):
-            store.check_preconditions(bucket, name, params)
+            return await store.run(_download, request, store, bucket, name)
+        meta = await store.run(_checked_stat, store, bucket, name, params)
         return json_response(store.object_json(bucket, name, base, meta))
     if method == "DELETE":
-        store.delete(bucket, name, params)
+        await store.run(store.delete, bucket, name, params)
         return Response(status_code=204)
     if method in ("PATCH", "PUT"):
         body = await read_json(request)
         if not isinstance(body, dict):
             raise InvalidArgument("The request body must be a JSON object.")
-        meta = store.patch(bucket, name, body)
+        meta = await store.run(store.patch, bucket, name, body)
         return json_response(store.object_json(bucket, name, base, meta))
     raise NotFound(f"Not found: {method} on an object.")
+
+
+def _checked_stat(store: ObjectStore, bucket: str, name: str, params: dict[str, str]) -> dict[str, Any]:
+    meta = store.stat(bucket, name)
+    if params.get("ifGenerationMatch") or params.get("ifGenerationNotMatch"):
+        store.check_preconditions(bucket, name, params)
+    return meta
 
 
 async def _stream_media(
@@ -228,7 +235,7 @@ async def _stream_media(
         resource = {"contentType": params.get("contentType") or request.headers.get("content-type")}
         if params.get("contentEncoding"):
             resource["contentEncoding"] = params["contentEncoding"]
-        return store.commit(bucket, name, temp, resource, hasher, params)
+        return await store.run(store.commit, bucket, name, temp, resource, hasher, params)
     finally:
         temp.unlink(missing_ok=True)
 

@@ -21,17 +21,22 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import google_crc32c
+from starlette.concurrency import run_in_threadpool
 
 from loopml.artifacts import ArtifactStore
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LoopmlError, NotFound
 
 if TYPE_CHECKING:
     from loopml.api.storage_remote import RemoteObjects
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LoopmlError, NotFound
+
+
+T = TypeVar("T")
 
 
 class PreconditionFailed(LoopmlError):
@@ -106,6 +111,13 @@ class ObjectStore:
             from loopml.api.storage_remote import RemoteObjects
 
             self.rx = RemoteObjects(self, artifacts.remote)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` right here on the event loop (local files), or in a worker thread when
+        an object store is configured (its calls wait on the network)."""
+        if self.rx is None:
+            return fn(*args)
+        return await run_in_threadpool(fn, *args)
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_dir(self, bucket: str, *, must_exist: bool = True) -> Path:

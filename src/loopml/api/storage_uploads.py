@@ -134,7 +134,7 @@ async def multipart_upload(
         metadata, media_type, _ = head
         name = validate_object_name(str(metadata.get("name") or params.get("name") or ""))
         metadata.setdefault("contentType", media_type)
-        meta = store.commit(bucket, name, temp, metadata, hasher, params)
+        meta = await store.run(store.commit, bucket, name, temp, metadata, hasher, params)
     finally:
         temp.unlink(missing_ok=True)
     return json_response(store.object_json(bucket, name, base, meta))
@@ -158,8 +158,8 @@ async def resumable_start(
     if not isinstance(metadata, dict):
         raise InvalidArgument("The resumable upload metadata must be a JSON object.")
     name = validate_object_name(str(metadata.get("name") or params.get("name") or ""))
-    store.object_path(bucket, name)
-    store.check_preconditions(bucket, name, params)
+    await store.run(store.object_path, bucket, name)
+    await store.run(store.check_preconditions, bucket, name, params)
     metadata["name"] = name
     if not metadata.get("contentType") and request.headers.get("x-upload-content-type"):
         metadata["contentType"] = request.headers["x-upload-content-type"]
@@ -219,8 +219,14 @@ async def resumable_put(
     temp = store.new_temp()
     os.replace(data_path, temp)
     state_path.unlink(missing_ok=True)
-    meta = store.commit(
-        bucket, state["resource"]["name"], temp, state["resource"], None, state.get("params") or {}
+    meta = await store.run(
+        store.commit,
+        bucket,
+        state["resource"]["name"],
+        temp,
+        state["resource"],
+        None,
+        state.get("params") or {},
     )
     return json_response(store.object_json(bucket, state["resource"]["name"], base, meta))
 
