@@ -175,3 +175,34 @@ def test_export_data_shards_go_to_the_store(
     finally:
         wh_a.close()
         wh_b.close()
+
+
+def test_an_unreachable_store_is_unavailable_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    from loopml.errors import Unavailable
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "k",
+        "secret": "never-shown",
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    store = ArtifactStore(tmp_path / "home", "s3://down/loopml", options)
+    for call in (
+        lambda: store.fetch("gs://bkt/model/"),
+        lambda: store.snapshot("gs://bkt/model/", "p", "l", "m", "1"),
+        lambda: store.exists("gs://bkt/x"),
+    ):
+        with pytest.raises(Unavailable, match="The object store s3://down/loopml failed") as err:
+            call()
+        assert "never-shown" not in err.value.message
+    local = store.resolve("gs://bkt/out/a.txt")
+    local.parent.mkdir(parents=True)
+    local.write_text("x")
+    with pytest.raises(Unavailable):
+        store.publish("gs://bkt/out/")
+    assert not (store.registry_dir / "p" / "l" / "m").exists()

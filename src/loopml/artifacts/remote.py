@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from loopml.errors import FailedPrecondition, InvalidArgument
+from loopml.errors import FailedPrecondition, InvalidArgument, LoopmlError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,33 @@ def info_mtime_ns(info: dict[str, Any]) -> int:
     return 0
 
 
+class _Guarded:
+    """An fsspec file system whose failures (other than a missing path) become Unavailable (503)
+    naming the store, whatever the backend raises (OSError, botocore errors, ...)."""
+
+    def __init__(self, fs: Any, display: str) -> None:
+        self._fs = fs
+        self._display = display
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._fs, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except (FileNotFoundError, LoopmlError):
+                raise
+            except Exception as exc:
+                log.warning("object store %s: %s failed: %s", self._display, name, type(exc).__name__)
+                raise Unavailable(
+                    f"The object store {self._display} failed ({name}): {type(exc).__name__}: {exc}"
+                ) from None
+
+        return call
+
+
 class RemoteStore:
     """The buckets of one fsspec URL: keys, listings, transfers and the cache tokens."""
 
@@ -108,7 +135,7 @@ class RemoteStore:
         except (ImportError, ValueError) as exc:
             # ImportError: the backend (e.g. s3fs for s3://) is not installed
             raise FailedPrecondition(f"Cannot open the object store {self.display}: {exc}") from None
-        self.fs = fs
+        self.fs: Any = _Guarded(fs, self.display)
         self.root = str(root).rstrip("/")
         self.is_local = isinstance(fs, LocalFileSystem)
         self.cache_dir = cache_dir
