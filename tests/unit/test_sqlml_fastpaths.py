@@ -94,11 +94,13 @@ def test_quantiles_from_the_sample_equal_the_full_pass_sampled(distance: str) ->
     )
     data = Pass(x, distance, None)
     full = min_ratio(data, params.centroids, np.maximum(params.radii, kmeans.RADIUS_FLOOR))[0]
+    full_ids = min_ratio(data, params.centroids, np.ones(3))[1]
     step = -(-n // kmeans.QUANTILE_SAMPLE)
     assert len(full[::step]) <= kmeans.QUANTILE_SAMPLE
     np.testing.assert_allclose(params.quantiles, kmeans._quantiles(full), rtol=1e-12, atol=1e-12)
     sub = data.every(step)
-    assert np.array_equal(sub.x, data.x[::step]) and sub.x.flags.c_contiguous
+    assert np.array_equal(sub.x, data.x[::step])
+    np.testing.assert_array_equal(min_ratio(sub, params.centroids, np.ones(3))[1], full_ids[::step])
 
 
 def test_kmeanspp_candidates_match_one_pass_per_candidate() -> None:
