@@ -130,6 +130,10 @@ def test_alter_model_registers_in_vertex(bq: bigquery.Client) -> None:
     model = bq.get_model(f"{DS}.later")
     assert model.training_runs[0]["vertexAiModelId"] == "later_kmeans"
     assert model.description == "registered later" and model.labels == {"team": "ml"}
+    # later description / label changes reach the registry version too
+    model.description = "k-means, 2 clusters"
+    bq.update_model(model, ["description"])
+    assert aiplatform.Model("later_kmeans").description == "k-means, 2 clusters"
 
     with pytest.raises(gexc.BadRequest, match="already registered as Vertex AI model later_kmeans"):
         bq.query(f"ALTER MODEL `{DS}.later` SET OPTIONS (vertex_ai_model_id='other_id')").result()

@@ -488,6 +488,10 @@ def test_alter_model_registers_an_existing_model(stack: Stack) -> None:
     )
     resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
     assert resource["labels"] == {"team": "data"} and "description" not in resource
+    # ... and the registry version follows
+    version = stack.registry.get_model(P, L, "anomaly_detection@1")
+    assert version["labels"] == {"team": "data", "loopml-source": "bigquery-ml"}
+    assert not version.get("description")
 
     assert stack.q("ALTER MODEL IF EXISTS ecommerce_sink.nope SET OPTIONS(description='x')").num_rows == 0
     with pytest.raises(NotFound, match=r"Model hyp-proj:ecommerce_sink\.nope"):
@@ -524,6 +528,11 @@ def test_models_patch_through_the_service(stack: Stack) -> None:
         P, "ecommerce_sink", "anomaly_detection", {"labels": {"a": None}}
     )
     assert merged["labels"] == {"b": "2"} and merged["description"] == "d"
+    # a body that changes nothing keeps the etag and lastModifiedTime
+    same = stack.sqlml.patch_model_resource(
+        P, "ecommerce_sink", "anomaly_detection", {"etag": merged["etag"], "modelType": "KMEANS"}
+    )
+    assert (same["etag"], same["lastModifiedTime"]) == (merged["etag"], merged["lastModifiedTime"])
     from loopml.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="Unknown or read-only field 'bogus'"):

@@ -79,6 +79,22 @@ class Registrar:
                 link["project"], link["location"], f"{link['model_id']}@{link['version']}", list(aliases)
             )
 
+    def describe(self, link: dict[str, Any], description: str | None, labels: dict[str, str] | None) -> None:
+        """Set the linked version's description and/or labels (None: leave as is)."""
+        body: dict[str, Any] = {}
+        if description is not None:
+            body["description"] = description
+        if labels is not None:
+            body["labels"] = {**labels, "loopml-source": "bigquery-ml"}
+        if body:
+            self.registry.update_model(
+                link["project"],
+                link["location"],
+                f"{link['model_id']}@{link['version']}",
+                body,
+                ",".join(body),
+            )
+
     def deployments(self, link: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             model = self.registry.get_model(

@@ -258,6 +258,22 @@ class SqlMLService:
             link = self._register_existing(entry, up, labels, changes, error)
             if link is not None:
                 changes["registry"] = link
+            elif (
+                entry.registry is not None
+                and self.registrar is not None
+                and changes.keys()
+                & {
+                    "description",
+                    "labels",
+                }
+            ):  # keep the registry version's description and labels in step
+                self.registrar.describe(
+                    entry.registry,
+                    (changes["description"] or "") if "description" in changes else None,
+                    labels if "labels" in changes else None,
+                )
+            if not changes and not up.registers:
+                return entry  # nothing to change: the etag and lastModifiedTime stay
             changes["revision"] = int(record.get("revision") or 0) + 1
             changes["modified_ms"] = int(time.time() * 1000)
             try:
