@@ -218,7 +218,9 @@ class DeployedRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_wait_s
         queue = self.queue
-        while queue and len(queue) < max_batch and replica.state == "ready" and replica.generation == generation:
+        while (
+            queue and len(queue) < max_batch and replica.state == "ready" and replica.generation == generation
+        ):
             left = deadline - loop.time()
             if left <= 0:
                 return
