@@ -73,6 +73,6 @@ def test_kmeans_plus_plus_trains_and_predicts(stack: tuple[Warehouse, SqlMLServi
     assert found == sorted((round(cx), round(cy)) for cx, cy in CENTRES)
     # the model records the initialisation method it was trained with
     options = service.get_model_resource(P, "ds", "km")["trainingRuns"][0]["trainingOptions"]
-    # (BigQuery's REST enum spells it KMEANS_PLUS_PLUS; loopml echoes the SQL spelling today)
-    assert options["kmeansInitializationMethod"] in ("KMEANS++", "KMEANS_PLUS_PLUS")
+    # BigQuery's REST enum spells the SQL value KMEANS++ as KMEANS_PLUS_PLUS
+    assert options["kmeansInitializationMethod"] == "KMEANS_PLUS_PLUS"
     assert options["numClusters"] == 4

@@ -150,7 +150,8 @@ def model_resource(entry: Entry, model: SqlModel, location: str) -> dict[str, An
     for name, value in model.options.items():
         key = _OPTION_NAMES.get(name)
         if key is not None and value not in (None, []):
-            options[key] = value
+            # the REST enum spells the SQL option value KMEANS++ as KMEANS_PLUS_PLUS
+            options[key] = "KMEANS_PLUS_PLUS" if value == "KMEANS++" else value
     run: dict[str, Any] = {
         "startTime": rfc3339(datetime.fromtimestamp(created_ms / 1000, UTC)),
         "trainingOptions": options,
