@@ -167,6 +167,11 @@ def test_models_patch_registers_with_training_run_vertex_id(bq: bigquery.Client)
     with pytest.raises(gexc.BadRequest, match="invalid label key 'Bad'"):
         bq._connection.api_request(method="PATCH", path=path, data={"labels": {"Bad": "x"}})
     assert bq.get_model(f"{DS}.patched").labels == {}
+    etag = bq.get_model(f"{DS}.patched").etag
+    for runs in ([{"vertexAiModelId": ["x"]}], [{"vertexAiModelId": 3}], {"vertexAiModelId": "x"}):
+        with pytest.raises(gexc.BadRequest, match=r"trainingRuns(\[0\]\.vertexAiModelId)? must be"):
+            bq._connection.api_request(method="PATCH", path=path, data={"trainingRuns": runs})
+    assert bq.get_model(f"{DS}.patched").etag == etag
 
     # DROP MODEL and REST delete are the same: the registry model goes with either
     bq.query(f"DROP MODEL `{DS}.patched`").result()

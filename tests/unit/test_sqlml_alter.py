@@ -109,6 +109,17 @@ def test_patch_bodies() -> None:
             "more than one vertexAiModelId",
         ),
         ({"trainingRuns": {"vertexAiModelId": "a"}}, "must be a list"),
+        ({"trainingRuns": 3}, "must be a list"),
+        # malformed ids are 400s naming the field, not a TypeError from building a set
+        (
+            {"trainingRuns": [{"vertexAiModelId": ["x"]}]},
+            r"trainingRuns\[0\]\.vertexAiModelId must be a string",
+        ),
+        ({"trainingRuns": [{}, {"vertexAiModelId": {"a": 1}}]}, r"trainingRuns\[1\]\.vertexAiModelId"),
+        ({"trainingRuns": [{"vertexAiModelId": 7}]}, r"trainingRuns\[0\]\.vertexAiModelId must be a string"),
+        ({"expirationTime": "\u00b2"}, "milliseconds since the epoch"),  # '²'.isdigit() is True
+        ({"expirationTime": "--5"}, "milliseconds since the epoch"),
+        ({"expirationTime": "\uff11"}, "milliseconds since the epoch"),  # fullwidth 1
         ({"etag": "x", "schema": {}}, "field 'schema'"),
     ]
     for body, message in bad:

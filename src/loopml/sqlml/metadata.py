@@ -10,6 +10,7 @@ Both become one `ModelUpdate`, checked completely before anything changes:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ _READ_ONLY = {
     "hparamTrials",
     "remoteModelInfo",
 }
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is True but int("²") fails
 _PATCHABLE = {"description", "friendlyName", "labels", "expirationTime", "trainingRuns"}
 
 
@@ -194,7 +196,7 @@ def from_patch(body: Any, path: ModelPath) -> ModelUpdate:
         raw = body["expirationTime"]
         if raw is None:
             up.expiration_ms = None
-        elif isinstance(raw, int | str) and not isinstance(raw, bool) and str(raw).lstrip("-").isdigit():
+        elif isinstance(raw, int | str) and not isinstance(raw, bool) and _INTEGER.fullmatch(str(raw)):
             up.expiration_ms = int(raw)
         else:
             raise InvalidArgument(f"Model.expirationTime must be milliseconds since the epoch, got {raw!r}.")
@@ -203,7 +205,16 @@ def from_patch(body: Any, path: ModelPath) -> ModelUpdate:
     if runs is not None:
         if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
             raise InvalidArgument("Model.trainingRuns must be a list of TrainingRun objects.")
-        ids = {r["vertexAiModelId"] for r in runs if r.get("vertexAiModelId")}
+        ids: set[str] = set()
+        for i, run in enumerate(runs):
+            value = run.get("vertexAiModelId")
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise InvalidArgument(
+                    f"Model.trainingRuns[{i}].vertexAiModelId must be a string, got {value!r}."
+                )
+            ids.add(value)
         if len(ids) > 1:
             raise InvalidArgument(
                 "trainingRuns name more than one vertexAiModelId; a model is registered under one id."
