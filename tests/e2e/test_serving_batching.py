@@ -76,6 +76,8 @@ def test_batching_labels_validated_stored_replayed_and_applied(server: Any) -> N
     for labels, needle in [
         ({"loopml-max-batch-size": "0"}, "'loopml-max-batch-size'] must be an integer from 1 to 1024"),
         ({"loopml-max-batch-size": "4.5"}, "'loopml-max-batch-size'] must be an integer"),
+        ({"loopml-max-batch-size": "\u00b2"}, "'loopml-max-batch-size'] must be an integer"),  # '²'
+        ({"loopml-max-batch-size": "\uff11"}, "'loopml-max-batch-size'] must be an integer"),  # '１'
         ({"loopml-batch-wait-ms": "-1"}, "'loopml-batch-wait-ms'] must be a number of milliseconds"),
         ({"loopml-batch-wait-ms": "nan"}, "'loopml-batch-wait-ms'] must be a number of milliseconds"),
         ({"loopml-batch-wait-ms": "10001"}, "from 0 to 10000"),

@@ -13,6 +13,8 @@ from loopml.refs import parent_name, rfc3339
 from loopml.serving.spec import DeployedModelSpec, EndpointSpec
 
 DEPLOYED_MODEL_ID_RE = re.compile(r"^[0-9]{1,10}$")
+# ASCII digits only: str.isdigit() is also True for '²' or fullwidth '１', which int() refuses or reads
+_INTEGER = re.compile(r"-?[0-9]+")
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
 DEFAULT_CPU_TARGET = 60
 CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
@@ -57,7 +59,7 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
         raise InvalidArgument(f"{field} must be an integer, got {value!r}.")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int):
         raise InvalidArgument(f"{field} must be an integer, got {value!r}.")
@@ -93,12 +95,12 @@ def batching(labels: Any, field: str = "deployedModel.systemLabels") -> dict[str
         where = f"{field}[{key!r}]"
         if key == BATCH_SIZE_LABEL:
             value = raw.strip()
-            if not value.isdigit() or not 1 <= int(value) <= MAX_BATCH_SIZE:
+            if not _INTEGER.fullmatch(value) or not 1 <= int(value) <= MAX_BATCH_SIZE:
                 raise InvalidArgument(f"{where} must be an integer from 1 to {MAX_BATCH_SIZE}, got {raw!r}.")
             out["maxBatchSize"] = int(value)
         elif key == BATCH_WAIT_LABEL:
             try:
-                ms = float(raw)
+                ms = float(raw) if raw.isascii() else float("nan")  # float('１') would be 1.0
             except ValueError:
                 ms = float("nan")
             if not 0 <= ms <= MAX_BATCH_WAIT_MS:  # NaN fails too
