@@ -287,3 +287,49 @@ def test_a_bad_object_store_configuration_is_a_clear_start_up_error(tmp_path: Pa
         assert done.returncode == 1, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert "s3cr3t" not in done.stderr + done.stdout
+
+
+# -- a file:// store: symbolic links out of a bucket, bucket deletion ---------------------------
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    store = tmp_path_factory.mktemp("file-store-2")
+    srv = _server(tmp_path_factory.mktemp("home-d"), {"LOOPML_OBJECT_STORE_URL": store.as_uri()})
+    yield srv, store
+    srv.stop()
+
+
+def test_links_out_of_a_bucket_are_refused_by_every_object_call(
+    file_server: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    srv, store = file_server
+    bucket = _gcs(srv).create_bucket("link-bkt")
+    bucket.blob("ok.txt").upload_from_string("inside")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("do not read")
+    (store / "link-bkt" / "link").symlink_to(secret)  # a directory link out of the bucket
+    (store / "link-bkt" / "file-link").symlink_to(secret / "key.txt")  # a file link out of it
+    base = f"{srv.url}/storage/v1/b/link-bkt/o"
+    calls = [
+        ("GET", f"{base}/link%2Fkey.txt?alt=media"),
+        ("GET", f"{base}/link%2Fkey.txt"),
+        ("GET", f"{base}/file-link?alt=media"),
+        ("GET", f"{srv.url}/download/storage/v1/b/link-bkt/o/file-link?alt=media"),
+        ("POST", f"{base}/link%2Fkey.txt/copyTo/b/link-bkt/o/copied.txt"),
+        ("POST", f"{base}/file-link/rewriteTo/b/link-bkt/o/copied.txt"),
+        ("PATCH", f"{base}/file-link"),
+        ("DELETE", f"{base}/link%2Fkey.txt"),
+        ("DELETE", f"{base}/file-link"),
+        ("POST", f"{srv.url}/upload/storage/v1/b/link-bkt/o?uploadType=media&name=link%2Fnew.txt"),
+    ]
+    for method, url in calls:
+        r = httpx.request(method, url, content=b"{}" if method != "GET" else None, timeout=30)
+        assert r.status_code == 400, (method, url, r.status_code, r.text)
+        assert "escapes its bucket" in r.json()["error"]["message"], r.text
+        assert "do not read" not in r.text
+    # nothing outside was read into the cache, written, copied or deleted
+    assert sorted(p.name for p in secret.iterdir()) == ["key.txt"]
+    assert (secret / "key.txt").read_text() == "do not read"
+    assert not (store / "link-bkt" / "copied.txt").exists()
+    assert not list((srv.home / "buckets" / "link-bkt").rglob("key.txt"))
+    assert bucket.blob("ok.txt").download_as_text() == "inside"  # the bucket itself still works

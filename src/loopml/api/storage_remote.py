@@ -119,7 +119,7 @@ class RemoteObjects:
                 raise NotFound(f"No such object: {bucket}/{name}")
             path.mkdir(parents=True, exist_ok=True)
             return folder, None
-        key = self.remote.key(bucket, name)
+        key = self.remote.object_key(bucket, name)  # a link out of the bucket is a 400
         info = None
         with self._lock:
             listed = self._listed.pop(key, None)
@@ -170,7 +170,7 @@ class RemoteObjects:
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             parent = "/".join(parts[:i])
-            info = self.remote.info(self.remote.key(bucket, parent))
+            info = self.remote.info(self.remote.object_key(bucket, parent, uri))
             if info is not None and info.get("type") == "file":
                 raise FailedPrecondition(
                     f"Object {name!r} conflicts with the object {parent!r} (loopml keeps objects as files)."

@@ -159,6 +159,13 @@ class RemoteStore:
         if real != base and not real.startswith(base + os.sep):
             raise InvalidArgument(f"Artifact URI {uri!r} escapes its bucket.")
 
+    def object_key(self, bucket: str, rel: str, uri: str | None = None) -> str:
+        """The key of object `rel` of a bucket, checked with `confine`: every read, write and
+        delete of one object goes through here, so a symlink out of the bucket is never used."""
+        key = self.key(bucket, rel)
+        self.confine(bucket, key, uri or f"gs://{bucket}/{rel}")
+        return key
+
     # -- reads -----------------------------------------------------------------------------
     def info(self, key: str) -> dict[str, Any] | None:
         try:
@@ -257,9 +264,10 @@ class RemoteStore:
             )
         local.parent.mkdir(parents=True, exist_ok=True)
         # `.NAME.tmp-DIGITS` (hidden from listings); unique per thread, not just per process
+        key = self.object_key(bucket, rel)
         tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}{secrets.randbelow(10**9):09d}")
         try:
-            self.fs.get_file(self.key(bucket, rel), str(tmp))
+            self.fs.get_file(key, str(tmp))
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
@@ -268,7 +276,7 @@ class RemoteStore:
 
     def upload(self, bucket: str, rel: str, local: Path) -> dict[str, Any]:
         """Write-through of one local file; the cache then counts as fresh. Returns the info."""
-        key = self.key(bucket, rel)
+        key = self.object_key(bucket, rel)
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
         self.fs.put_file(str(local), key)
@@ -280,7 +288,7 @@ class RemoteStore:
         return info
 
     def remove(self, bucket: str, rel: str) -> None:
-        key = self.key(bucket, rel)
+        key = self.object_key(bucket, rel)
         try:
             self.fs.rm_file(key)
         except FileNotFoundError:
