@@ -44,3 +44,14 @@ def test_as_int_takes_ascii_decimals_only() -> None:
     for bad in ("\u00b2", "\uff11", "1.5", "--1", "", True, 2.5, None):
         with pytest.raises(InvalidArgument, match="f must be an integer"):
             as_int(bad, "f")
+
+
+def test_stored_labels_are_checked_leniently(caplog: pytest.LogCaptureFixture) -> None:
+    """Labels stored by an older loopml: bad or unknown ones are logged and ignored, never raised."""
+    stored = {"loopml-max-batch-size": "\u00b2", "loopml-batch-wait-ms": "5", "loopml-old": "x", "t": 1}
+    with caplog.at_level("WARNING", logger="loopml.registry.deployments"):
+        assert batching(stored, strict=False) == {"batchWaitSeconds": 0.005}
+    assert "loopml-max-batch-size" in caplog.text and "loopml-old" in caplog.text
+    assert batching(["not", "a", "map"], strict=False) == {}
+    with pytest.raises(InvalidArgument):
+        batching(stored)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from loopml.errors import InvalidArgument
 from loopml.metadata.tables import DeployedModelRow, EndpointRow
 from loopml.refs import parent_name, rfc3339
 from loopml.serving.spec import DeployedModelSpec, EndpointSpec
+
+log = logging.getLogger(__name__)
 
 DEPLOYED_MODEL_ID_RE = re.compile(r"^[0-9]{1,10}$")
 # ASCII digits only: str.isdigit() is also True for '²' or fullwidth '１', which int() refuses or reads
@@ -76,43 +79,60 @@ MAX_BATCH_SIZE = 1024
 MAX_BATCH_WAIT_MS = 10_000
 
 
-def batching(labels: Any, field: str = "deployedModel.systemLabels") -> dict[str, Any]:
+def batching(
+    labels: Any, field: str = "deployedModel.systemLabels", *, strict: bool = True
+) -> dict[str, Any]:
     """Per-deployment micro-batching from `systemLabels` (a string map the Vertex SDK passes on).
 
     `loopml-max-batch-size` (1..1024 requests per replica call) and `loopml-batch-wait-ms`
     (0..10000, decimals allowed: how long a worker waits to fill a batch) become the runtime's
     `maxBatchSize` / `batchWaitSeconds`; other `loopml-*` keys are refused (a typo would
     otherwise be silently ignored). Returns {} when neither is set.
+
+    `strict=False` is for labels already stored with a deployed model (a row written before
+    these labels were checked may hold anything): a bad label is logged and ignored, never raised,
+    so the deployment still replays.
     """
     if labels is None:
         return {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise InvalidArgument(f"{field} must be a map of strings to strings.")
+        if strict:
+            raise InvalidArgument(f"{field} must be a map of strings to strings.")
+        if not isinstance(labels, dict):
+            log.warning("ignoring stored %s: not a map of strings", field)
+            return {}
     out: dict[str, Any] = {}
     for key, raw in labels.items():
-        if not key.startswith("loopml-"):
+        if not isinstance(key, str) or not key.startswith("loopml-"):
             continue
-        where = f"{field}[{key!r}]"
-        if key == BATCH_SIZE_LABEL:
-            value = raw.strip()
-            if not _INTEGER.fullmatch(value) or not 1 <= int(value) <= MAX_BATCH_SIZE:
-                raise InvalidArgument(f"{where} must be an integer from 1 to {MAX_BATCH_SIZE}, got {raw!r}.")
-            out["maxBatchSize"] = int(value)
-        elif key == BATCH_WAIT_LABEL:
-            try:
-                ms = float(raw) if raw.isascii() else float("nan")  # float('１') would be 1.0
-            except ValueError:
-                ms = float("nan")
-            if not 0 <= ms <= MAX_BATCH_WAIT_MS:  # NaN fails too
-                raise InvalidArgument(
-                    f"{where} must be a number of milliseconds from 0 to {MAX_BATCH_WAIT_MS}, got {raw!r}."
-                )
-            out["batchWaitSeconds"] = ms / 1000.0
-        else:
-            raise InvalidArgument(
-                f"{where}: unknown loopml label; use {BATCH_SIZE_LABEL!r} or {BATCH_WAIT_LABEL!r}."
-            )
+        try:
+            out.update(_batching_label(key, raw, f"{field}[{key!r}]"))
+        except InvalidArgument as exc:
+            if strict:
+                raise
+            log.warning("ignoring stored label: %s", exc.message)
     return out
+
+
+def _batching_label(key: str, raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        raise InvalidArgument(f"{where} must be a string, got {raw!r}.")
+    if key == BATCH_SIZE_LABEL:
+        value = raw.strip()
+        if not _INTEGER.fullmatch(value) or not 1 <= int(value) <= MAX_BATCH_SIZE:
+            raise InvalidArgument(f"{where} must be an integer from 1 to {MAX_BATCH_SIZE}, got {raw!r}.")
+        return {"maxBatchSize": int(value)}
+    if key == BATCH_WAIT_LABEL:
+        try:
+            ms = float(raw) if raw.isascii() else float("nan")  # float('１') would be 1.0
+        except ValueError:
+            ms = float("nan")
+        if not 0 <= ms <= MAX_BATCH_WAIT_MS:  # NaN fails too
+            raise InvalidArgument(
+                f"{where} must be a number of milliseconds from 0 to {MAX_BATCH_WAIT_MS}, got {raw!r}."
+            )
+        return {"batchWaitSeconds": ms / 1000.0}
+    raise InvalidArgument(f"{where}: unknown loopml label; use {BATCH_SIZE_LABEL!r} or {BATCH_WAIT_LABEL!r}.")
 
 
 def machine_spec(value: Any, field: str) -> dict[str, Any]:
@@ -256,6 +276,22 @@ def version_info(dm: DeployedModelRow) -> VersionInfo:
     )
 
 
+def stored_batching(dm: DeployedModelRow, framework: str | None) -> dict[str, Any]:
+    """Batching from a stored deployed model's labels, checked leniently (see `batching`).
+
+    :deployModel checks the labels strictly; rows stored by an older version were not checked,
+    and one bad label must not stop the endpoint from replaying after a restart. A custom
+    container never batches (its labels are refused at :deployModel).
+    """
+    labels = (dm.extra or {}).get("systemLabels")
+    where = f"systemLabels of deployed model {dm.deployed_model_id}"
+    if framework == "custom-container":
+        if batching(labels, where, strict=False):
+            log.warning("ignoring batching labels of %s: a custom container does not batch", where)
+        return {}
+    return batching(labels, where, strict=False)
+
+
 def deployed_model_spec(endpoint: EndpointRow, dm: DeployedModelRow) -> DeployedModelSpec:
     info = version_info(dm)
     low, high, specs, machine = bounds_of(dm.resources)
@@ -278,7 +314,7 @@ def deployed_model_spec(endpoint: EndpointRow, dm: DeployedModelRow) -> Deployed
             "displayName": dm.display_name,
             **dict(dm.extra or {}),
             **dict(dm.resources or {}),
-            **batching((dm.extra or {}).get("systemLabels")),
+            **stored_batching(dm, info.framework),
         },
     )
 
