@@ -333,3 +333,26 @@ def test_links_out_of_a_bucket_are_refused_by_every_object_call(
     assert not (store / "link-bkt" / "copied.txt").exists()
     assert not list((srv.home / "buckets" / "link-bkt").rglob("key.txt"))
     assert bucket.blob("ok.txt").download_as_text() == "inside"  # the bucket itself still works
+
+
+def test_a_deleted_bucket_stays_deleted_on_a_file_store(file_server: tuple[ServerProcess, Path]) -> None:
+    srv, store = file_server
+    client = _gcs(srv)
+    bucket = client.create_bucket("gone-bkt")
+    bucket.blob("a/b/c.txt").upload_from_string("x")
+    bucket.blob("a/b/c.txt").delete()
+    bucket.delete()
+    r = httpx.get(f"{srv.url}/storage/v1/b/gone-bkt", timeout=30)
+    assert r.status_code == 404, r.text
+    assert "gone-bkt" not in [b.name for b in client.list_buckets()]
+    assert not (store / "gone-bkt").exists()
+    again = httpx.post(f"{srv.url}/storage/v1/b?project=p", json={"name": "gone-bkt"}, timeout=30)
+    assert again.status_code == 200, again.text
+    assert list(client.bucket("gone-bkt").list_blobs()) == []
+    # a file no object name can have (put there by another tool) keeps the bucket: 409, not lost
+    (store / "gone-bkt" / "d").mkdir(parents=True)
+    (store / "gone-bkt" / "d" / "line\nbreak").write_text("kept")
+    r = httpx.delete(f"{srv.url}/storage/v1/b/gone-bkt", timeout=30)
+    assert r.status_code == 409 and "not empty" in r.json()["error"]["message"], r.text
+    assert (store / "gone-bkt" / "d" / "line\nbreak").read_text() == "kept"
+    assert httpx.get(f"{srv.url}/storage/v1/b/gone-bkt", timeout=30).status_code == 200

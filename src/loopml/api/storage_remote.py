@@ -13,6 +13,7 @@ the API (a bucket also exists when objects were put under `<url>/B/` directly).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from loopml.api.storage_backend import Hasher, _guess_type, validate_object_name
+from loopml.api.storage_backend import BucketNotEmpty, Hasher, _guess_type, validate_object_name
 from loopml.artifacts.remote import RemoteStore, info_mtime_ns, info_token
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from loopml.api.storage_backend import ObjectStore
@@ -78,8 +79,31 @@ class RemoteObjects:
         self._buckets_seen[bucket] = time.monotonic()
 
     def delete_bucket(self, bucket: str) -> None:
+        """Remove the bucket's marker and, on a file-system store, its (empty) directory tree:
+        a bucket also exists while `<url>/B/` does, and object deletes leave the directories."""
+        if self.remote.is_local:
+            self._remove_empty_tree(bucket)
         self.remote.remove_key(self._marker_key(bucket))
         self._buckets_seen.pop(bucket, None)
+
+    def _remove_empty_tree(self, bucket: str) -> None:
+        root = self.remote.key(bucket)
+        if not os.path.isdir(root) or os.path.islink(root):
+            return
+        try:
+            for dirpath, _dirs, _files in os.walk(root, topdown=False):
+                os.rmdir(dirpath)  # fails on a directory still holding something
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                # files the API does not list (names no object can have, put by other tools)
+                raise BucketNotEmpty(
+                    f"The bucket you tried to delete is not empty: {bucket} (the store holds files "
+                    "under it that are not objects)."
+                ) from None
+            raise Unavailable(
+                f"The object store {self.remote.display} failed (delete bucket {bucket}): "
+                f"{type(exc).__name__}."
+            ) from None
 
     # -- listing ---------------------------------------------------------------------------
     def names(self, bucket: str, start: str) -> list[str]:
