@@ -20,6 +20,7 @@ import mimetypes
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -111,6 +112,14 @@ class ObjectStore:
             from loopml.api.storage_remote import RemoteObjects
 
             self.rx = RemoteObjects(self, artifacts.remote)
+        # striped per-object locks: a precondition check and the write it guards are atomic
+        # within this server (with an object store, calls run on worker threads)
+        self._object_locks = [threading.Lock() for _ in range(64)]
+
+    def object_lock(self, bucket: str, name: str) -> threading.Lock:
+        """The lock held while object `name` of `bucket` is written, patched or deleted."""
+        digest = hashlib.blake2b(f"{bucket}/{name}".encode(), digest_size=2).digest()
+        return self._object_locks[int.from_bytes(digest) % len(self._object_locks)]
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` right here on the event loop (local files), or in a worker thread when
@@ -321,6 +330,18 @@ class ObjectStore:
         params: dict[str, str],
     ) -> dict[str, Any]:
         """Move an uploaded file into place and record its metadata; returns the stored facts."""
+        with self.object_lock(bucket, name):
+            return self._commit(bucket, name, temp, resource, hasher, params)
+
+    def _commit(
+        self,
+        bucket: str,
+        name: str,
+        temp: Path,
+        resource: dict[str, Any],
+        hasher: Hasher | None,
+        params: dict[str, str],
+    ) -> dict[str, Any]:
         try:
             self.check_preconditions(bucket, name, params)
             path = self.object_path(bucket, name)
@@ -386,6 +407,10 @@ class ObjectStore:
             parent = parent.parent
 
     def delete(self, bucket: str, name: str, params: dict[str, str]) -> None:
+        with self.object_lock(bucket, name):
+            self._delete(bucket, name, params)
+
+    def _delete(self, bucket: str, name: str, params: dict[str, str]) -> None:
         self.stat(bucket, name)
         self.check_preconditions(bucket, name, params)
         path = self.object_path(bucket, name)
@@ -410,6 +435,10 @@ class ObjectStore:
             parent = parent.parent
 
     def patch(self, bucket: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self.object_lock(bucket, name):
+            return self._patch(bucket, name, body)
+
+    def _patch(self, bucket: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         meta = self.stat(bucket, name)
         for key in (
             "contentType",

@@ -201,7 +201,11 @@ class RemoteObjects:
                 )
 
     def commit(self, bucket: str, name: str, temp: Path, meta: dict[str, Any]) -> dict[str, Any]:
-        """Store an uploaded file (the store first, then the local cache) and its facts."""
+        """Store an uploaded file (the store first, then the local cache) and its facts.
+
+        The bytes sent to the store are read from this upload's own `temp` file, never from the
+        shared cache path (another upload of the same name may rename its file there); the
+        caller holds the object's lock (`ObjectStore.object_lock`)."""
         store = self.store
         path = store.object_path(bucket, name)
         if name.endswith("/"):
@@ -211,16 +215,15 @@ class RemoteObjects:
             store._write_sidecar(bucket, name, meta)
             return meta
         self.check_no_conflict(bucket, name)
+        info = self.remote.put(bucket, name, temp)  # a failure leaves the cache as it was
+        token = info_token(info)
         if path.is_dir():  # a stale directory of the cache: the store has nothing under it
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        st = temp.stat()
         os.replace(temp, path)
-        try:
-            info = self.remote.upload(bucket, name, path)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        meta = {**meta, "size": int(info.get("size") or meta["size"]), "token": info_token(info)}
+        self.remote.remember(bucket, name, path, token, st)
+        meta = {**meta, "size": int(info.get("size") or meta["size"]), "token": token}
         self.remote.write_json(self._meta_key(bucket, name), meta)
         store._write_sidecar(bucket, name, meta)
         return meta

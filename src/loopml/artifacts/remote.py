@@ -242,8 +242,13 @@ class RemoteStore:
             return None
         return token
 
-    def remember(self, bucket: str, rel: str, local: Path, token: str) -> None:
-        st = local.stat()
+    def remember(
+        self, bucket: str, rel: str, local: Path, token: str, st: os.stat_result | None = None
+    ) -> None:
+        """Record that `local` is a copy of the remote version `token`. `st`: the stat of the file
+        taken before it was renamed to `local`, so a file another thread renamed there since
+        does not match the record (and is fetched again) instead of passing for this version."""
+        st = st or local.stat()
         path = self._token_path(bucket, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
@@ -268,23 +273,30 @@ class RemoteStore:
         tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}{secrets.randbelow(10**9):09d}")
         try:
             self.fs.get_file(key, str(tmp))
+            st = tmp.stat()
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
-        self.remember(bucket, rel, local, token)
+        self.remember(bucket, rel, local, token, st)
         return True
 
-    def upload(self, bucket: str, rel: str, local: Path) -> dict[str, Any]:
-        """Write-through of one local file; the cache then counts as fresh. Returns the info."""
+    def put(self, bucket: str, rel: str, source: Path) -> dict[str, Any]:
+        """Upload the file `source` as object `rel` (no cache record); returns the stored info."""
         key = self.object_key(bucket, rel)
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
-        self.fs.put_file(str(local), key)
+        self.fs.put_file(str(source), key)
         self.fs.invalidate_cache(posixpath.dirname(key))
         info = self.info(key)
         if info is None:  # eventual consistency: the write is acknowledged, the object is there
-            info = {"size": local.stat().st_size, "name": key}
-        self.remember(bucket, rel, local, info_token(info))
+            info = {"size": source.stat().st_size, "name": key}
+        return info
+
+    def upload(self, bucket: str, rel: str, local: Path) -> dict[str, Any]:
+        """Write-through of one local (cache) file; the cache then counts as fresh. Returns the info."""
+        st = local.stat()
+        info = self.put(bucket, rel, local)
+        self.remember(bucket, rel, local, info_token(info), st)
         return info
 
     def remove(self, bucket: str, rel: str) -> None:

@@ -1,0 +1,127 @@
+"""The object store under faults and races: concurrent uploads of one object, failures part-way
+through a publish, backend errors in messages.
+
+The store is fsspec's local backend behind its own protocol (`injected://`), with one hook on
+`put_file`: the outer boundary a cloud store stands behind, where a test can hold an upload back
+(to interleave two of them) or fail it (the store refusing the Nth file). Everything else is
+real: the artifact store, the storage API's ObjectStore, worker threads, files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from loopml.api.storage_backend import ObjectStore, PreconditionFailed
+from loopml.artifacts import ArtifactStore
+
+
+class InjectedFS(LocalFileSystem):
+    """A local directory as an object store, whose `put_file` calls `before_put` first."""
+
+    protocol = ("injected",)
+    before_put: ClassVar[Callable[[str], None] | None] = None
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        path = str(path)
+        if path.startswith("injected://"):
+            path = path[len("injected://") :]
+        return super()._strip_protocol(path)
+
+    def put_file(self, lpath: Any, rpath: Any, *args: Any, **kwargs: Any) -> Any:
+        hook = type(self).before_put
+        if hook is not None:
+            hook(str(rpath))
+        return super().put_file(lpath, rpath, *args, **kwargs)
+
+
+@pytest.fixture()
+def injected(tmp_path: Path) -> Iterator[tuple[ArtifactStore, Path]]:
+    fsspec.register_implementation("injected", InjectedFS, clobber=True)
+    InjectedFS.before_put = None
+    remote = tmp_path / "store"
+    yield ArtifactStore(tmp_path / "home", f"injected://{remote}"), remote
+    InjectedFS.before_put = None
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _hold_first_put() -> tuple[threading.Event, threading.Event, Callable[[str], None]]:
+    """A put hook: the first upload to reach the store waits until `release` is set (at most
+    1 s: with the per-object lock, a second upload of the object waits for the first one)."""
+    first, release = threading.Event(), threading.Event()
+
+    def hook(rpath: str) -> None:
+        if not first.is_set():
+            first.set()
+            release.wait(timeout=1.0)
+
+    return first, release, hook
+
+
+def _upload(store: ObjectStore, name: str, data: bytes, params: dict[str, str]) -> Any:
+    temp = store.new_temp()
+    temp.write_bytes(data)
+    try:
+        return store.commit("bkt", name, temp, {}, None, params)
+    except PreconditionFailed as exc:
+        return exc
+
+
+def test_concurrent_uploads_of_one_object_keep_bytes_and_hashes_together(
+    injected: tuple[ArtifactStore, Path],
+) -> None:
+    artifacts, remote = injected
+    store = ObjectStore(artifacts)
+    store.create_bucket("bkt", {})
+    first, release, hook = _hold_first_put()
+    InjectedFS.before_put = hook
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_upload, store, "o.bin", b"A" * 10, {})
+        assert first.wait(30)  # A is uploading; B comes in now and is let through first
+        b = pool.submit(_upload, store, "o.bin", b"B" * 20, {})
+        b.result()
+        release.set()
+        a.result()
+    InjectedFS.before_put = None
+    stored = (remote / "bkt" / "o.bin").read_bytes()
+    meta = store.stat("bkt", "o.bin")
+    assert (meta["md5Hash"], meta["size"]) == (_md5(stored), len(stored))
+    meta, local = store.local_copy("bkt", "o.bin")
+    assert local.read_bytes() == stored and meta["md5Hash"] == _md5(stored)
+    # another server sharing the store reads the same facts
+    other = ObjectStore(ArtifactStore(remote.parent / "home-2", f"injected://{remote}"))
+    assert other.stat("bkt", "o.bin")["md5Hash"] == _md5(stored)
+
+
+def test_if_generation_match_is_atomic_within_one_server(injected: tuple[ArtifactStore, Path]) -> None:
+    artifacts, remote = injected
+    store = ObjectStore(artifacts)
+    store.create_bucket("bkt", {})
+    first, release, hook = _hold_first_put()
+    InjectedFS.before_put = hook
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_upload, store, "once.bin", b"first", {"ifGenerationMatch": "0"})
+        assert first.wait(30)
+        b = pool.submit(_upload, store, "once.bin", b"second", {"ifGenerationMatch": "0"})
+        second = b.result()
+        release.set()
+        results = [a.result(), second]
+    InjectedFS.before_put = None
+    refused = [r for r in results if isinstance(r, PreconditionFailed)]
+    assert len(refused) == 1, results  # "must not exist yet": only one of them can create it
+    assert isinstance(second, PreconditionFailed)  # the first one to check is the one that wrote
+    assert (remote / "bkt" / "once.bin").read_bytes() == b"first"
+    assert store.stat("bkt", "once.bin")["md5Hash"] == _md5(b"first")
