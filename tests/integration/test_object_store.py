@@ -39,6 +39,8 @@ def test_publish_then_fetch_on_another_root(stores: tuple[ArtifactStore, Artifac
     assert a.publish("gs://bkt/run/model/") == 0  # unchanged since uploaded
     assert not b.resolve("gs://bkt/run/model/model.bin").exists()
     assert b.fetch("gs://bkt/run/model") == b.buckets_dir / "bkt" / "run" / "model"
+    assert not b.resolve("gs://bkt/run/model").exists()  # fetch reads one object, not a prefix
+    assert sorted(b.fetch_files("gs://bkt/run/model")) == ["run/model/model.bin", "run/model/sub/vocab.txt"]
     assert b.resolve("gs://bkt/run/model/sub/vocab.txt").read_text() == "a b c"
     assert b.list("gs://bkt/run/mo") == ["gs://bkt/run/model/model.bin", "gs://bkt/run/model/sub/vocab.txt"]
     assert b.read_bytes("gs://bkt/run/model/model.bin") == b"weights"
@@ -193,7 +195,8 @@ def test_an_unreachable_store_is_unavailable_naming_it(tmp_path: Path) -> None:
     }
     store = ArtifactStore(tmp_path / "home", "s3://down/loopml", options)
     for call in (
-        lambda: store.fetch("gs://bkt/model/"),
+        lambda: store.fetch("gs://bkt/model/model.joblib"),
+        lambda: store.fetch_files("gs://bkt/model/"),
         lambda: store.snapshot("gs://bkt/model/", "p", "l", "m", "1"),
         lambda: store.exists("gs://bkt/x"),
     ):

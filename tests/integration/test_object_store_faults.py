@@ -1,5 +1,5 @@
 """The object store under faults and races: concurrent uploads of one object, failures part-way
-through a publish, backend errors in messages.
+through a publish, reads of a prefix where one object is meant.
 
 The store is fsspec's local backend behind its own protocol (`injected://`), with one hook on
 `put_file`: the outer boundary a cloud store stands behind, where a test can hold an upload back
@@ -44,11 +44,23 @@ class InjectedFS(LocalFileSystem):
             hook(str(rpath))
         return super().put_file(lpath, rpath, *args, **kwargs)
 
+    # what reached the store: listings and downloads
+    calls: ClassVar[list[str]] = []
+
+    def find(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        type(self).calls.append(f"find {path}")
+        return super().find(path, *args, **kwargs)
+
+    def get_file(self, rpath: Any, lpath: Any, *args: Any, **kwargs: Any) -> Any:
+        type(self).calls.append(f"get {rpath}")
+        return super().get_file(rpath, lpath, *args, **kwargs)
+
 
 @pytest.fixture()
 def injected(tmp_path: Path) -> Iterator[tuple[ArtifactStore, Path]]:
     fsspec.register_implementation("injected", InjectedFS, clobber=True)
     InjectedFS.before_put = None
+    InjectedFS.calls = []
     remote = tmp_path / "store"
     yield ArtifactStore(tmp_path / "home", f"injected://{remote}"), remote
     InjectedFS.before_put = None
@@ -125,3 +137,28 @@ def test_if_generation_match_is_atomic_within_one_server(injected: tuple[Artifac
     assert isinstance(second, PreconditionFailed)  # the first one to check is the one that wrote
     assert (remote / "bkt" / "once.bin").read_bytes() == b"first"
     assert store.stat("bkt", "once.bin")["md5Hash"] == _md5(b"first")
+
+
+def test_a_uri_naming_a_prefix_downloads_and_lists_nothing(injected: tuple[ArtifactStore, Path]) -> None:
+    from loopml.errors import InvalidArgument
+    from loopml.training.runtime import check_package_uris
+
+    artifacts, remote = injected
+    for i in range(20):
+        (remote / "bkt" / "big" / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (remote / "bkt" / "big" / f"d{i % 4}" / f"part-{i}.bin").write_bytes(b"x" * 100)
+    (remote / "bkt" / "pkg.tar.gz").write_bytes(b"sdist")
+    for uri in ("gs://bkt/", "gs://bkt/big", "gs://bkt/big/", "gs://bkt/big/d1"):
+        with pytest.raises(InvalidArgument, match="does not exist"):
+            check_package_uris(artifacts, [uri])
+    assert not (artifacts.buckets_dir / "bkt" / "big").exists()  # nothing was downloaded
+    assert InjectedFS.calls == []  # and nothing was listed
+    assert check_package_uris(artifacts, ["gs://bkt/pkg.tar.gz"])[0].read_bytes() == b"sdist"
+    assert [c.split(" ")[0] for c in InjectedFS.calls] == ["get"]  # just that object
+    # exists() answers a prefix without listing what is below it
+    assert artifacts.exists("gs://bkt/big") and artifacts.exists("gs://bkt/big/d3/part-3.bin")
+    assert artifacts.exists("gs://bkt/")
+    assert not artifacts.exists("gs://bkt/big/d9") and not artifacts.exists("gs://bkt/bi")
+    (remote / "bkt" / "empty" / "dir").mkdir(parents=True)
+    assert not artifacts.exists("gs://bkt/empty")  # directories left with no object in them
+    assert [c.split(" ")[0] for c in InjectedFS.calls] == ["get"]

@@ -174,6 +174,32 @@ class RemoteStore:
             return None
         return info
 
+    def object_info(self, bucket: str, rel: str, uri: str) -> dict[str, Any] | None:
+        """The info of the object at exactly `rel` (one lookup, no listing); None when there is
+        none there (nothing, or only a prefix of other objects)."""
+        if not rel:
+            return None
+        info = self.info(self.object_key(bucket, rel, uri))
+        if info is None or info.get("type") == "directory":
+            return None
+        return info
+
+    def has_objects(self, bucket: str, rel: str, uri: str) -> bool:
+        """Whether there is an object at `rel` or below `rel/`, without listing them all: one
+        lookup on an object store (a prefix is a directory there only while objects are under
+        it), a walk that stops at the first file on a file-system store."""
+        key = self.object_key(bucket, rel, uri) if rel else self.key(bucket)
+        info = self.info(key)
+        if info is None:
+            return False
+        if info.get("type") != "directory" or not self.is_local:
+            return True
+        for dirpath, _dirs, files in os.walk(key):
+            for name in files:
+                self.confine(bucket, os.path.join(dirpath, name), uri)
+                return True
+        return False
+
     def objects(
         self, bucket: str, rel: str, uri: str, *, as_prefix: bool = False
     ) -> dict[str, dict[str, Any]]:

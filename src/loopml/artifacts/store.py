@@ -99,11 +99,17 @@ class ArtifactStore:
 
     # -- the object store (no-ops without one) ---------------------------------------------
     def fetch(self, uri: str) -> Path:
-        """The local path behind a URI, for reading: with an object store, the object (or every
-        object below the prefix) is downloaded into the local cache first."""
+        """The local path behind a URI, for reading one file: with an object store, the object at
+        exactly that URI is downloaded into the local cache first (when it changed). A URI naming
+        a prefix (`gs://b/`, `gs://b/dir`) downloads nothing: one lookup, no listing; trees go
+        through `fetch_files`."""
         path = self.resolve(uri)
-        if self.remote is not None:
-            self.fetch_files(uri)
+        split = self.bucket_rel(uri) if self.remote is not None else None
+        if split is not None and self.remote is not None:
+            bucket, rel = split
+            info = self.remote.object_info(bucket, rel, uri) if not rel.endswith("/") else None
+            if info is not None:
+                self.remote.download(bucket, rel, path, info)
         return path
 
     def fetch_files(self, uri: str, *, as_prefix: bool = False) -> dict[str, Path]:
@@ -187,7 +193,7 @@ class ArtifactStore:
     def exists(self, uri: str) -> bool:
         split = self.bucket_rel(uri) if self.remote is not None else None
         if split is not None and self.remote is not None:
-            return bool(self.remote.objects(split[0], split[1], uri))
+            return self.remote.has_objects(split[0], split[1].rstrip("/"), uri)
         return self.resolve(uri).exists()
 
     def read_bytes(self, uri: str) -> bytes:
