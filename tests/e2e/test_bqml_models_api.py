@@ -161,6 +161,13 @@ def test_models_patch_registers_with_training_run_vertex_id(bq: bigquery.Client)
     assert body["trainingRuns"][0]["vertexAiModelVersion"] == "1"
     vertex = aiplatform.Model("patched_kmeans")
     assert vertex.resource_name.endswith("/models/patched_kmeans") and "default" in vertex.version_aliases
+    # a client sending the resource back as read (trainingRuns name the registered id) changes nothing
+    read = bq._connection.api_request(method="GET", path=path)
+    again = bq._connection.api_request(method="PATCH", path=path, data=read)
+    assert (again["etag"], again["lastModifiedTime"]) == (read["etag"], read["lastModifiedTime"])
+    model = bq.get_model(f"{DS}.patched")
+    model.labels = {}
+    assert bq.update_model(model, ["labels"]).etag == read["etag"]
 
     with pytest.raises(gexc.BadRequest, match="'bogus'"):
         bq._connection.api_request(method="PATCH", path=path, data={"bogus": True})

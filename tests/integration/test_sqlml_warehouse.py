@@ -548,5 +548,21 @@ def test_models_patch_through_the_service(stack: Stack) -> None:
     assert registered["trainingRuns"][0]["vertexAiModelId"] == "patched_model"
     assert stack.versions("patched_model") == ["1"]
     assert stack.registry.get_model(P, L, "patched_model")["description"] == "d"
+    # the resource sent back as read (its trainingRuns name the registered id), or the same values
+    # again by ALTER MODEL, changes nothing: etag and lastModifiedTime stay
+    again = stack.sqlml.patch_model_resource(P, "ecommerce_sink", "anomaly_detection", registered)
+    assert (again["etag"], again["lastModifiedTime"]) == (registered["etag"], registered["lastModifiedTime"])
+    stack.q(
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='patched_model', "
+        "description='d', labels=[('b', '2')], vertex_ai_model_version_aliases=['default'])"
+    )
+    again = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    assert (again["etag"], again["lastModifiedTime"]) == (registered["etag"], registered["lastModifiedTime"])
+    # ... while a new alias is a change
+    stack.q(
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_version_aliases=['prod'])"
+    )
+    assert stack.registry.get_model(P, L, "patched_model@prod")["versionId"] == "1"
+    assert stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")["etag"] != again["etag"]
     with pytest.raises(NotFound):
         stack.sqlml.patch_model_resource(P, "ecommerce_sink", "nope", {"description": "x"})

@@ -79,6 +79,17 @@ class Registrar:
                 link["project"], link["location"], f"{link['model_id']}@{link['version']}", list(aliases)
             )
 
+    def _version(self, link: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            self.registry.get_model(
+                link["project"], link["location"], f"{link['model_id']}@{link['version']}"
+            )
+        )
+
+    def aliases(self, link: dict[str, Any]) -> list[str]:
+        """The aliases the linked version holds now."""
+        return list(self._version(link).get("versionAliases") or [])
+
     def describe(self, link: dict[str, Any], description: str | None, labels: dict[str, str] | None) -> None:
         """Set the linked version's description and/or labels (None: leave as is)."""
         body: dict[str, Any] = {}

@@ -238,24 +238,9 @@ class SqlMLService:
                     "get it again and retry the update."
                 )
             record = entry.record
-            changes: dict[str, Any] = {}
-            if "description" in up.given:
-                changes["description"] = up.description
-            if "friendlyName" in up.given:
-                changes["friendly_name"] = up.friendly_name
-            if "expirationTime" in up.given:
-                changes["expiration_ms"] = up.expiration_ms
-            labels: dict[str, str] = dict(record.get("labels") or {})
-            if "labels" in up.given:
-                if up.replace_labels:
-                    labels = {}
-                for key, value in up.labels.items():
-                    if value is None:
-                        labels.pop(key, None)
-                    else:
-                        labels[key] = value
-                changes["labels"] = labels
-            link = self._register_existing(entry, up, labels, changes, error)
+            changes = self._metadata_changes(entry, up)
+            labels: dict[str, str] = changes.get("labels", dict(record.get("labels") or {}))
+            link, aliased = self._register_existing(entry, up, labels, changes, error)
             if link is not None:
                 changes["registry"] = link
             elif (
@@ -272,7 +257,7 @@ class SqlMLService:
                     (changes["description"] or "") if "description" in changes else None,
                     labels if "labels" in changes else None,
                 )
-            if not changes and not up.registers:
+            if not changes and not aliased and link is None:
                 return entry  # nothing to change: the etag and lastModifiedTime stay
             changes["revision"] = int(record.get("revision") or 0) + 1
             changes["modified_ms"] = int(time.time() * 1000)
@@ -284,6 +269,34 @@ class SqlMLService:
                 raise
         return entry
 
+    def _metadata_changes(self, entry: Entry, up: ModelUpdate) -> dict[str, Any]:
+        """The record fields the update really changes (a value equal to the current one is left out)."""
+        record = entry.record
+        changes: dict[str, Any] = {}
+        if "description" in up.given:
+            current = (
+                record["description"]
+                if "description" in record
+                else self.catalog.load(entry).options.get("DESCRIPTION")
+            )
+            if (up.description or "") != (current or ""):  # both shown as no description
+                changes["description"] = up.description
+        if "friendlyName" in up.given and (up.friendly_name or "") != (record.get("friendly_name") or ""):
+            changes["friendly_name"] = up.friendly_name
+        if "expirationTime" in up.given and up.expiration_ms != record.get("expiration_ms"):
+            changes["expiration_ms"] = up.expiration_ms
+        if "labels" in up.given:
+            before: dict[str, str] = dict(record.get("labels") or {})
+            labels = {} if up.replace_labels else dict(before)
+            for key, value in up.labels.items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            if labels != before:
+                changes["labels"] = labels
+        return changes
+
     def _register_existing(
         self,
         entry: Entry,
@@ -291,10 +304,11 @@ class SqlMLService:
         labels: dict[str, str],
         changes: dict[str, Any],
         error: type[InvalidArgument],
-    ) -> dict[str, Any] | None:
-        """Register an unregistered model (VERTEX_AI_MODEL_ID); returns the new link, if any."""
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Register an unregistered model (VERTEX_AI_MODEL_ID); returns the new link, if any, and
+        whether a registered model's version got new aliases."""
         if not up.registers:
-            return None
+            return None, False
         path = entry.path
         current = entry.registry
         if current is not None:
@@ -304,8 +318,11 @@ class SqlMLService:
                     "a BigQuery ML model is registered under one model id only."
                 )
             if up.aliases and self.registrar is not None:
-                self.registrar.add_aliases(current, up.aliases)
-            return None
+                held = self.registrar.aliases(current)
+                new = [a for a in up.aliases if a not in held]
+                self.registrar.add_aliases(current, new)
+                return None, bool(new)
+            return None, False
         if up.vertex_model_id is None:
             raise error(
                 f"Model {path.full} is not registered: set VERTEX_AI_MODEL_ID to register it, "
@@ -320,7 +337,7 @@ class SqlMLService:
             if "description" in changes
             else entry.record.get("description", model.options.get("DESCRIPTION"))
         )
-        return self.registrar.register(
+        link = self.registrar.register(
             path.project,
             vertex_location(dataset.get("location")),
             up.vertex_model_id,
@@ -335,6 +352,7 @@ class SqlMLService:
             description,
             labels,
         )
+        return link, False
 
     def export_model(self, path: ModelPath, options: dict[str, Any]) -> QueryResult:
         unknown = sorted(set(options) - {"URI"})
