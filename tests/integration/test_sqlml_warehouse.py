@@ -566,3 +566,52 @@ def test_models_patch_through_the_service(stack: Stack) -> None:
     assert stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")["etag"] != again["etag"]
     with pytest.raises(NotFound):
         stack.sqlml.patch_model_resource(P, "ecommerce_sink", "nope", {"description": "x"})
+
+
+def test_alter_model_failing_late_changes_nothing(stack: Stack) -> None:
+    """A step that fails after others succeeded undoes them: catalog record and registry version."""
+    from loopml.sqlml.statements import ModelPath
+
+    load_events(stack, 300)
+    stack.q(CREATE)  # registered: anomaly_detection@1
+    path = ModelPath(P, "ecommerce_sink", "anomaly_detection")
+    entry = stack.sqlml.catalog.get(path)
+    record = dict(entry.record)
+
+    def registry_state() -> tuple[Any, Any, list[str]]:
+        v = stack.registry.get_model(P, L, "anomaly_detection@1")
+        return v.get("description"), v.get("labels"), sorted(v.get("versionAliases") or [])
+
+    before = registry_state()
+    alter = (
+        "ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(description='late', "
+        "labels=[('team', 'ml')], vertex_ai_model_version_aliases=['prod'])"
+    )
+    # 1. the catalog write fails for real: its temporary file's name is taken by a directory
+    blocker = entry.directory / ".entry.json.tmp"
+    blocker.mkdir()
+    with pytest.raises(IsADirectoryError):
+        stack.q(alter)
+    assert registry_state() == before  # neither description, labels nor the alias reached it
+    assert stack.sqlml.catalog.get(path).record == record
+    blocker.rmdir()
+
+    # 2. the registry step fails after the record was written: the record is put back
+    resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
+    stack.registry.delete_model(P, L, "anomaly_detection")  # through the Vertex API, behind BQML's back
+    with pytest.raises(NotFound):
+        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(description='late')")
+    assert stack.sqlml.catalog.get(path).record == record
+    assert stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection") == resource
+
+    # 3. a new registration whose record cannot be written is removed again
+    stack.q(CREATE.replace(", MODEL_REGISTRY='VERTEX_AI'", ""))
+    entry = stack.sqlml.catalog.get(path)
+    blocker = entry.directory / ".entry.json.tmp"
+    blocker.mkdir()
+    with pytest.raises(IsADirectoryError):
+        stack.q("ALTER MODEL ecommerce_sink.anomaly_detection SET OPTIONS(vertex_ai_model_id='late_model')")
+    assert stack.versions("late_model") == [] and stack.sqlml.catalog.get(path).registry is None
+    blocker.rmdir()
+    stack.q(alter.replace("description='late'", "vertex_ai_model_id='late_model', description='late'"))
+    assert stack.versions("late_model") == ["1"]

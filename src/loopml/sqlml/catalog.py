@@ -147,7 +147,10 @@ class Catalog:
 
     def update_record(self, entry: Entry, changes: dict[str, Any]) -> None:
         """Replace entry.json atomically with `changes` applied (metadata, registry link)."""
-        record = {**entry.record, **changes}
+        self.write_record(entry, {**entry.record, **changes})
+
+    def write_record(self, entry: Entry, record: dict[str, Any]) -> None:
+        """Replace entry.json atomically with `record` (also: put a previous record back)."""
         tmp = entry.directory / ".entry.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, entry.directory / "entry.json")

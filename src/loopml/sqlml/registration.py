@@ -90,13 +90,27 @@ class Registrar:
         """The aliases the linked version holds now."""
         return list(self._version(link).get("versionAliases") or [])
 
-    def describe(self, link: dict[str, Any], description: str | None, labels: dict[str, str] | None) -> None:
-        """Set the linked version's description and/or labels (None: leave as is)."""
+    def describe(
+        self, link: dict[str, Any], description: str | None, labels: dict[str, str] | None
+    ) -> dict[str, Any]:
+        """Set the linked version's description and/or labels (None: leave as is).
+
+        Returns what `write_fields` needs to put the previous values back ({} when nothing was set).
+        """
         body: dict[str, Any] = {}
         if description is not None:
             body["description"] = description
         if labels is not None:
             body["labels"] = {**labels, "loopml-source": "bigquery-ml"}
+        if not body:
+            return {}
+        before = self._version(link)
+        previous = {key: before.get(key) or ("" if key == "description" else {}) for key in body}
+        self.write_fields(link, body)
+        return previous
+
+    def write_fields(self, link: dict[str, Any], body: dict[str, Any]) -> None:
+        """Write the linked version's description/labels as given (e.g. what `describe` returned)."""
         if body:
             self.registry.update_model(
                 link["project"],

@@ -227,8 +227,12 @@ class SqlMLService:
     ) -> Entry:
         """Apply a checked metadata update; registers the model first when asked to.
 
-        Nothing changes when a check fails; a registration whose record cannot be written is
-        removed again.
+        Everything is checked before anything changes. Then, in order: a new registration, the
+        catalog record, the registry version's description/labels, its new aliases. When a step
+        fails the earlier ones are undone (the registration removed, the record and the registry
+        version's description and labels put back), so a failed update changes nothing. An update
+        that changes nothing (same values, an id the model is already registered under, aliases it
+        already holds) leaves the record, so the etag and lastModifiedTime stay.
         """
         with self.catalog.lock:
             entry = self.catalog.get(path)
@@ -240,33 +244,40 @@ class SqlMLService:
             record = entry.record
             changes = self._metadata_changes(entry, up)
             labels: dict[str, str] = changes.get("labels", dict(record.get("labels") or {}))
-            link, aliased = self._register_existing(entry, up, labels, changes, error)
-            if link is not None:
-                changes["registry"] = link
-            elif (
-                entry.registry is not None
-                and self.registrar is not None
-                and changes.keys()
-                & {
-                    "description",
-                    "labels",
-                }
-            ):  # keep the registry version's description and labels in step
-                self.registrar.describe(
-                    entry.registry,
-                    (changes["description"] or "") if "description" in changes else None,
-                    labels if "labels" in changes else None,
-                )
-            if not changes and not aliased and link is None:
+            current = entry.registry
+            registering = up.registers and current is None
+            new_aliases: list[str] = []
+            if registering:
+                self._check_registration(entry, up, error)
+            elif up.registers and current is not None:
+                if up.vertex_model_id is not None and up.vertex_model_id != current["model_id"]:
+                    raise error(
+                        f"Model {path.full} is already registered as Vertex AI model {current['model_id']}; "
+                        "a BigQuery ML model is registered under one model id only."
+                    )
+                if up.aliases and self.registrar is not None:
+                    held = self.registrar.aliases(current)
+                    new_aliases = [a for a in up.aliases if a not in held]
+            if not changes and not new_aliases and not registering:
                 return entry  # nothing to change: the etag and lastModifiedTime stay
+            old_record = dict(record)
             changes["revision"] = int(record.get("revision") or 0) + 1
             changes["modified_ms"] = int(time.time() * 1000)
+            link = self._register_existing(entry, up, labels, changes) if registering else None
+            if link is not None:
+                changes["registry"] = link
             try:
                 self.catalog.update_record(entry, changes)
             except BaseException:
                 if link is not None and self.registrar is not None:
                     self.registrar.remove_quietly(link)
                 raise
+            if current is not None and self.registrar is not None:
+                try:
+                    self._update_registry_version(current, changes, labels, new_aliases)
+                except BaseException:
+                    self.catalog.write_record(entry, old_record)
+                    raise
         return entry
 
     def _metadata_changes(self, entry: Entry, up: ModelUpdate) -> dict[str, Any]:
@@ -297,39 +308,45 @@ class SqlMLService:
                 changes["labels"] = labels
         return changes
 
-    def _register_existing(
-        self,
-        entry: Entry,
-        up: ModelUpdate,
-        labels: dict[str, str],
-        changes: dict[str, Any],
-        error: type[InvalidArgument],
-    ) -> tuple[dict[str, Any] | None, bool]:
-        """Register an unregistered model (VERTEX_AI_MODEL_ID); returns the new link, if any, and
-        whether a registered model's version got new aliases."""
-        if not up.registers:
-            return None, False
-        path = entry.path
-        current = entry.registry
-        if current is not None:
-            if up.vertex_model_id is not None and up.vertex_model_id != current["model_id"]:
-                raise error(
-                    f"Model {path.full} is already registered as Vertex AI model {current['model_id']}; "
-                    "a BigQuery ML model is registered under one model id only."
-                )
-            if up.aliases and self.registrar is not None:
-                held = self.registrar.aliases(current)
-                new = [a for a in up.aliases if a not in held]
-                self.registrar.add_aliases(current, new)
-                return None, bool(new)
-            return None, False
+    def _check_registration(self, entry: Entry, up: ModelUpdate, error: type[InvalidArgument]) -> None:
+        """The checks of registering an unregistered model, made before anything changes."""
         if up.vertex_model_id is None:
             raise error(
-                f"Model {path.full} is not registered: set VERTEX_AI_MODEL_ID to register it, "
+                f"Model {entry.path.full} is not registered: set VERTEX_AI_MODEL_ID to register it, "
                 "together with VERTEX_AI_MODEL_VERSION_ALIASES."
             )
         if self.registrar is None:
             raise error("Registering in Vertex AI needs the model registry, which is not configured.")
+        self.warehouse.get_dataset(entry.path.project, entry.path.dataset)
+
+    def _update_registry_version(
+        self, link: dict[str, Any], changes: dict[str, Any], labels: dict[str, str], aliases: list[str]
+    ) -> None:
+        """Keep a registered model's registry version in step: description, labels, new aliases.
+
+        If adding the aliases fails, the description and labels are put back before re-raising.
+        """
+        assert self.registrar is not None
+        undo = None
+        if changes.keys() & {"description", "labels"}:
+            undo = self.registrar.describe(
+                link,
+                (changes["description"] or "") if "description" in changes else None,
+                labels if "labels" in changes else None,
+            )
+        try:
+            self.registrar.add_aliases(link, aliases)
+        except BaseException:
+            if undo:
+                self.registrar.write_fields(link, undo)
+            raise
+
+    def _register_existing(
+        self, entry: Entry, up: ModelUpdate, labels: dict[str, str], changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Register an unregistered model (VERTEX_AI_MODEL_ID, checked by _check_registration)."""
+        assert self.registrar is not None and up.vertex_model_id is not None
+        path = entry.path
         dataset = self.warehouse.get_dataset(path.project, path.dataset)
         model = self.catalog.load(entry)
         description = (
@@ -337,7 +354,7 @@ class SqlMLService:
             if "description" in changes
             else entry.record.get("description", model.options.get("DESCRIPTION"))
         )
-        link = self.registrar.register(
+        return self.registrar.register(
             path.project,
             vertex_location(dataset.get("location")),
             up.vertex_model_id,
@@ -352,7 +369,6 @@ class SqlMLService:
             description,
             labels,
         )
-        return link, False
 
     def export_model(self, path: ModelPath, options: dict[str, Any]) -> QueryResult:
         unknown = sorted(set(options) - {"URI"})
