@@ -408,6 +408,7 @@ def test_bigquery_model_resources(stack: Stack) -> None:
     stack.q(CREATE)
     resource = stack.sqlml.get_model_resource(P, "ecommerce_sink", "anomaly_detection")
     model = bigquery.Model.from_api_repr(resource)
+    assert model.reference is not None
     assert model.reference.path == f"/projects/{P}/datasets/ecommerce_sink/models/anomaly_detection"
     assert model.model_type == "KMEANS" and model.location == "europe-west1" and model.created is not None
     assert [c.name for c in model.feature_columns] == ["tax", "shipping", "value"]
