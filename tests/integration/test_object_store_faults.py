@@ -162,3 +162,70 @@ def test_a_uri_naming_a_prefix_downloads_and_lists_nothing(injected: tuple[Artif
     (remote / "bkt" / "empty" / "dir").mkdir(parents=True)
     assert not artifacts.exists("gs://bkt/empty")  # directories left with no object in them
     assert [c.split(" ")[0] for c in InjectedFS.calls] == ["get"]
+
+
+def _fail_put(after: int) -> Callable[[str], None]:
+    """A put hook: the store refuses every upload after the first `after`."""
+    done: list[str] = []
+
+    def hook(rpath: str) -> None:
+        if len(done) >= after:
+            raise PermissionError(13, "Access Denied")  # what s3fs makes of a refused PUT
+        done.append(rpath)
+
+    return hook
+
+
+def _stored_files(remote: Path) -> list[str]:
+    return sorted(
+        p.relative_to(remote).as_posix()
+        for p in remote.rglob("*")
+        if p.is_file() and ".loopml" not in p.parts
+    )
+
+
+def test_a_dataset_split_that_fails_to_upload_leaves_nothing(injected: tuple[ArtifactStore, Path]) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from loopml.datasets.split import write_csv_splits
+    from loopml.errors import Unavailable
+
+    artifacts, remote = injected
+    table = pa.table({"x": list(range(10))})
+    parts = {"training": np.arange(0, 6), "validation": np.arange(6, 8), "test": np.arange(8, 10)}
+    InjectedFS.before_put = _fail_put(after=1)
+    with pytest.raises(Unavailable, match="object store"):
+        write_csv_splits(artifacts, "gs://bkt/ds/run1", table, parts)
+    assert _stored_files(remote) == []  # the one shard that made it was removed again
+    assert not artifacts.resolve("gs://bkt/ds/run1").exists()  # and the local copy is gone
+    InjectedFS.before_put = None
+    uris = write_csv_splits(artifacts, "gs://bkt/ds/run1", table, parts)  # the same write works now
+    assert sorted(uris) == ["test", "training", "validation"]
+    assert len(_stored_files(remote)) == 3
+
+
+def test_an_export_that_fails_part_way_leaves_no_shard(
+    injected: tuple[ArtifactStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loopml.warehouse import Warehouse, export
+
+    artifacts, remote = injected
+    monkeypatch.setattr(export, "SHARD_ROWS", 2)  # 7 rows: 4 shards, without a million rows
+    wh = Warehouse(tmp_path / "wh.duckdb", artifacts)
+    sql = (
+        "EXPORT DATA OPTIONS(uri='gs://exp/run/part-*.csv', format='CSV') AS "
+        "SELECT x FROM UNNEST([1, 2, 3, 4, 5, 6, 7]) AS x ORDER BY x"
+    )
+    try:
+        InjectedFS.before_put = _fail_put(after=2)
+        with pytest.raises(Exception, match="object store") as err:
+            wh.query(sql, project="p")
+        assert getattr(err.value, "status", None) == 503, err.value
+        assert _stored_files(remote) == []
+        assert not list((artifacts.buckets_dir / "exp").rglob("part-*"))  # nor in the local cache
+        InjectedFS.before_put = None
+        wh.query(sql, project="p")  # the destination is empty again: no overwrite needed
+        assert _stored_files(remote) == [f"exp/run/part-{i:012d}.csv" for i in range(4)]
+    finally:
+        wh.close()

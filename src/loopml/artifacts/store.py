@@ -18,6 +18,7 @@ object store `fetch` is `resolve` and `publish` does nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from urllib.parse import unquote, urlparse
 
 from loopml.artifacts.remote import RemoteStore, check_rel
 from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
 _BUCKET_SCHEMES = ("gs", "s3")
@@ -148,14 +151,54 @@ class ArtifactStore:
             ]
         else:
             return 0
-        count = 0
-        for f in files:
-            rel = f.relative_to(bucket_root).as_posix()
-            if self.remote.cached_token(bucket, rel, f) is not None:
-                continue  # unchanged since it was downloaded or uploaded
-            self.remote.upload(bucket, rel, f)
-            count += 1
-        return count
+        uploaded: list[str] = []
+        current = None
+        try:
+            for f in files:
+                rel = f.relative_to(bucket_root).as_posix()
+                if self.remote.cached_token(bucket, rel, f) is not None:
+                    continue  # unchanged since it was downloaded or uploaded
+                current = rel
+                self.remote.upload(bucket, rel, f)
+                uploaded.append(rel)
+                current = None
+        except BaseException:
+            if current is not None and self.remote.is_local:
+                uploaded.append(current)  # a file copy cut short leaves part of the file there
+            self._unpublish(bucket, uploaded)
+            raise
+        return len(uploaded)
+
+    def _unpublish(self, bucket: str, rels: list[str]) -> None:
+        """After a failed publish: remove from the store what it uploaded (best effort, logged),
+        so a failed write leaves no part of its output there. Objects it replaced stay gone."""
+        assert self.remote is not None
+        left = 0
+        for rel in rels:
+            try:
+                self.remote.remove(bucket, rel)
+            except Exception as exc:  # the store may be what failed: keep going, say what is left
+                left += 1
+                log.warning(
+                    "could not remove gs://%s/%s after a failed publish: %s", bucket, rel, type(exc).__name__
+                )
+        if rels:
+            log.warning(
+                "publish to %s failed: removed %d uploaded object(s) of gs://%s, %d left",
+                self.remote.display,
+                len(rels) - left,
+                bucket,
+                left,
+            )
+
+    def discard(self, uris: list[str]) -> None:
+        """Remove the local files and stored objects of a failed multi-file write (best effort,
+        logged): the cleanup path of writers that publish file by file."""
+        for uri in uris:
+            try:
+                self.remove(uri)
+            except Exception as exc:
+                log.warning("could not remove %s after a failed write: %s", uri, type(exc).__name__)
 
     def remove(self, uri: str) -> None:
         """Delete one object: the local file and, with an object store, the stored object."""

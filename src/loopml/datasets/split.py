@@ -232,7 +232,11 @@ def write_csv_splits(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    store.publish(directory)  # to the object store, when there is one
+    try:
+        store.publish(directory)  # to the object store, when there is one (undone if it fails)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # no half-written split left in the cache either
+        raise
     return uris
 
 

@@ -163,12 +163,16 @@ def write_shards(
         if u.endswith(suffix):
             wh.artifacts.remove(u)
     shards = max(1, -(-table.num_rows // SHARD_ROWS))
-    written = []
-    for i in range(shards):
-        name = f"{name_prefix}{i:012d}{suffix}"
-        _write_shard(target_dir / name, table.slice(i * SHARD_ROWS, SHARD_ROWS), fmt, header, delimiter)
-        written.append(f"{prefix}{i:012d}{suffix}")
-        wh.artifacts.publish(written[-1])
+    written: list[str] = []
+    try:
+        for i in range(shards):
+            name = f"{name_prefix}{i:012d}{suffix}"
+            written.append(f"{prefix}{i:012d}{suffix}")
+            _write_shard(target_dir / name, table.slice(i * SHARD_ROWS, SHARD_ROWS), fmt, header, delimiter)
+            wh.artifacts.publish(written[-1])
+    except BaseException:
+        wh.artifacts.discard(written)  # a failed export leaves none of its shards (local or stored)
+        raise
     return written
 
 
