@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 from loopml.errors import InvalidArgument
 
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MODEL_ID_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
-ENDPOINT_ID_RE = re.compile(r"^(?:[a-z][a-z0-9-]{0,62}|[1-9][0-9]{0,8})$")
-ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
-VERSION_RE = re.compile(r"^[1-9][0-9]*$")
-GENERIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+MODEL_ID_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,62}\Z")
+ENDPOINT_ID_RE = re.compile(r"^(?:[a-z][a-z0-9-]{0,62}|[1-9][0-9]{0,8})\Z")
+ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]\Z")
+VERSION_RE = re.compile(r"^[1-9][0-9]*\Z")
+GENERIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 
 
 def check(pattern: re.Pattern[str], value: str, what: str) -> str:

@@ -18,9 +18,9 @@ from loopml.platform import Platform
 from loopml.refs import check_parent, parent_name
 from loopml.registry.operations import OperationStore
 
-_OP_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_COLLECTION_RE = re.compile(r"^[a-zA-Z]{1,64}$")
-_RESOURCE_RE = re.compile(r"^[A-Za-z0-9_@.-]{1,128}$")
+_OP_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_COLLECTION_RE = re.compile(r"^[a-zA-Z]{1,64}\Z")
+_RESOURCE_RE = re.compile(r"^[A-Za-z0-9_@.-]{1,128}\Z")
 
 
 def install(app: FastAPI, platform: Platform) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loopml.errors import InvalidArgument
 
-_VERSION_RE = re.compile(r"^3(\.\d+){0,2}$")
+_VERSION_RE = re.compile(r"^3(\.\d+){0,2}\Z")
 
 
 def find_uv() -> str | None:

@@ -29,8 +29,8 @@ from loopml.errors import InvalidArgument, NotFound
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:localhost(?::\d+)?|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?|[A-Za-z0-9-]+:\d+)"
 _NAME_RE = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_HEX_RE = re.compile(r"^[a-f0-9]{64}$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z")
+_HEX_RE = re.compile(r"^[a-f0-9]{64}\Z")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from loopml.errors import InvalidArgument
 from loopml.ingest.filters import Node, Path, compile_expression, parse_path
 from loopml.refs import PROJECT_RE
 
-NAME_RE = re.compile(r"^(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
-DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-TABLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\- ]{0,1023}$")
-ENDPOINT_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)/endpoints/([^/]+)$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)s$")
+NAME_RE = re.compile(r"^(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}\Z")
+DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
+TABLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\- ]{0,1023}\Z")
+ENDPOINT_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)/endpoints/([^/]+)\Z")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)s\Z")
 
 _KNOWN = {
     "name",

@@ -15,7 +15,7 @@ from loopml.serving.spec import DeployedModelSpec, EndpointSpec
 
 log = logging.getLogger(__name__)
 
-DEPLOYED_MODEL_ID_RE = re.compile(r"^[0-9]{1,10}$")
+DEPLOYED_MODEL_ID_RE = re.compile(r"^[0-9]{1,10}\Z")
 # ASCII digits only: str.isdigit() is also True for '²' or fullwidth '１', which int() refuses or reads
 _INTEGER = re.compile(r"-?[0-9]+")
 DEFAULT_MACHINE_TYPE = "n1-standard-2"

@@ -15,7 +15,7 @@ from loopml.refs import new_numeric_id, now, rfc3339
 from loopml.registry import store
 from loopml.registry.listing import paginate
 
-EVALUATION_ID_RE = re.compile(r"^[0-9]{1,32}$")
+EVALUATION_ID_RE = re.compile(r"^[0-9]{1,32}\Z")
 _KNOWN = {"displayName", "metricsSchemaUri", "metrics"}
 _OUTPUT_ONLY = {"name", "createTime"}
 

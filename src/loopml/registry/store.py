@@ -24,7 +24,7 @@ from loopml.registry import aliases as alias_rules
 from loopml.registry.frameworks import supported_deployment_types
 
 # Generated model ids are numeric (as on Vertex); user-chosen ones follow MODEL_ID_RE.
-GENERATED_MODEL_ID_RE = re.compile(r"^[1-9][0-9]{0,19}$")
+GENERATED_MODEL_ID_RE = re.compile(r"^[1-9][0-9]{0,19}\Z")
 
 SOURCE_TYPES = {
     "sql": "BQML",

@@ -18,9 +18,9 @@ from typing import Any
 from loopml.errors import InvalidQuery
 from loopml.sqlml.sqltext import Scanner
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-_DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 @dataclass(frozen=True)

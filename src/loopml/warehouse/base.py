@@ -38,9 +38,9 @@ from loopml.warehouse.types import StatementHandler, TableFunction
 log = logging.getLogger(__name__)
 
 
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
-DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
+PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}\Z")
+DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
+TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}\Z")
 PARTITION_TYPES = ("DAY", "HOUR", "MONTH", "YEAR")
 
 _CATALOG_DDL = [

@@ -72,7 +72,7 @@ _ARROW: dict[str, pa.DataType] = {
 }
 
 MODES = ("NULLABLE", "REQUIRED", "REPEATED")
-FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}\Z")
 
 
 def legacy_type(type_name: str) -> str:

@@ -19,7 +19,7 @@ import orjson
 from loopml.errors import InvalidArgument, NotFound
 
 MAX_SESSIONS = 100
-_RANGE_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+_RANGE_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)\Z")
 
 
 def split_multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], bytes]:

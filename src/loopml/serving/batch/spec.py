@@ -13,8 +13,8 @@ from typing import Any
 from loopml.errors import InvalidArgument, Unimplemented
 from loopml.refs import PROJECT_RE
 
-DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-TABLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,1023}$")
+DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
+TABLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,1023}\Z")
 INPUT_FORMATS = ("jsonl", "csv", "bigquery")
 UNSUPPORTED_INPUT_FORMATS = ("tf-record", "tf-record-gzip", "file-list")
 OUTPUT_FORMATS = ("jsonl", "bigquery")
