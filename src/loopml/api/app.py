@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -126,9 +127,15 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        # the details (paths, backend messages) go to the server log only, under an incident id
+        incident = secrets.token_hex(6)
+        log.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
         return error_response(
-            request, 500, f"Internal error: {type(exc).__name__}: {exc}", "INTERNAL", "backendError"
+            request,
+            500,
+            f"Internal error {incident} ({type(exc).__name__}); the server log has the details.",
+            "INTERNAL",
+            "backendError",
         )
 
     @app.get("/healthz", include_in_schema=False)

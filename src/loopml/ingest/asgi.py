@@ -19,6 +19,7 @@ import binascii
 import gc
 import itertools
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -240,13 +241,14 @@ class IngestFastPath:
         except LoopmlError as exc:
             status, body = exc.status, orjson.dumps(exc.to_json())
         except Exception as exc:
-            log.exception("publish to %s failed", topic)
+            incident = secrets.token_hex(6)
+            log.exception("publish to %s failed (incident %s)", topic, incident)
             status = 500
             body = orjson.dumps(
                 {
                     "error": {
                         "code": 500,
-                        "message": f"Internal error: {exc}",
+                        "message": f"Internal error {incident} ({type(exc).__name__}); the server log has the details.",
                         "status": "INTERNAL",
                         "details": [],
                     }
