@@ -19,8 +19,9 @@ class Settings(BaseSettings):
     """SQLAlchemy URL of the metadata store; default `sqlite:///$LOOPML_HOME/metadata.db`."""
     artifact_root: Path | None = None
     """Root of the local artifact store; default `$LOOPML_HOME`. Buckets live in `<root>/buckets`."""
-    object_store_url: str | None = None
-    """fsspec URL of a real object store (e.g. `s3://team-bucket/loopml`); unset = local buckets."""
+    object_store_url: SecretStr | None = None
+    """fsspec URL of a real object store (e.g. `s3://team-bucket/loopml`); unset = local buckets.
+    Secret because a URL may carry user info: shown only through `display_url`."""
     object_store_options: SecretStr | None = None
     """JSON object of fsspec options for the object store (may hold keys: kept out of reprs)."""
     warehouse_path: Path | None = None

@@ -37,10 +37,10 @@ class Platform:
         settings.ensure_dirs()
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
-        options = settings.object_store_options
+        options, url = settings.object_store_options, settings.object_store_url
         self.artifacts = ArtifactStore(
             settings.resolved_artifact_root(),
-            settings.object_store_url,
+            url.get_secret_value() if url is not None else None,
             parse_options(options.get_secret_value() if options is not None else None),
         )
         self._start_hooks: list[tuple[str, Hook]] = []

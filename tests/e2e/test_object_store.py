@@ -275,6 +275,10 @@ def test_a_bad_object_store_configuration_is_a_clear_start_up_error(tmp_path: Pa
             {"LOOPML_OBJECT_STORE_URL": (tmp_path / "home" / "buckets").as_uri()},
             "overlaps the artifact root",
         ),
+        (  # credentials in the URL: named as unused, never shown
+            {"LOOPML_OBJECT_STORE_URL": "s3://AKIA:s3cr3t@b/p"},
+            "The object store URL s3://b/p carries user info",
+        ),
     ]
     for env, message in cases:
         done = subprocess.run(

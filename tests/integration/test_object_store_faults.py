@@ -229,3 +229,73 @@ def test_an_export_that_fails_part_way_leaves_no_shard(
         assert _stored_files(remote) == [f"exp/run/part-{i:012d}.csv" for i in range(4)]
     finally:
         wh.close()
+
+
+# -- what failures show: the operation and the object, never the backend's text or credentials ----
+def test_store_errors_name_the_operation_and_object_not_the_backend_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+
+    from loopml.errors import Unavailable
+
+    with socket.socket() as sock:  # a port nothing listens on: S3 unreachable
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "AKIDEXAMPLE",
+        "secret": "never-shown",
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    store = ArtifactStore(tmp_path / "home", "s3://down/loopml", options)
+    caplog.set_level(logging.DEBUG, logger="loopml.artifacts.remote")
+    with pytest.raises(Unavailable) as err:
+        store.fetch_files("gs://bkt/model/")
+    message = err.value.message
+    assert message.startswith("The object store s3://down/loopml failed to list gs://bkt/model ("), message
+    assert f"127.0.0.1:{port}" not in message and "http" not in message  # no endpoint URL
+    assert "down/loopml" not in message.split(" failed ", 1)[1]  # no internal key path
+    # the details are in the debug log (for the operator), still without credentials
+    assert f"127.0.0.1:{port}" in caplog.text
+    assert "never-shown" not in caplog.text and "AKIDEXAMPLE" not in caplog.text
+
+
+def test_credentials_in_backend_errors_and_urls_are_never_shown(
+    injected: tuple[ArtifactStore, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pydantic import SecretStr
+
+    from loopml.config import Settings
+    from loopml.errors import FailedPrecondition, Unavailable
+
+    _artifacts, remote = injected
+    store = ArtifactStore(
+        tmp_path / "home-2",
+        f"injected://{remote}",
+        {"client_kwargs": {"aws_secret_access_key": "never-shown"}},
+    )
+    path = store.resolve("gs://bkt/out/a.txt")
+    path.parent.mkdir(parents=True)
+    path.write_text("x")
+
+    def refuse(rpath: str) -> None:  # a backend whose message quotes the credential and the key
+        raise RuntimeError(f"signature for never-shown does not match at {rpath}")
+
+    InjectedFS.before_put = refuse
+    caplog.set_level(logging.DEBUG, logger="loopml.artifacts.remote")
+    with pytest.raises(Unavailable) as err:
+        store.publish("gs://bkt/out/")
+    assert err.value.message == (
+        f"The object store injected:{remote} failed to write gs://bkt/out/a.txt (RuntimeError)."
+    )
+    assert "signature for *** does not match" in caplog.text and "never-shown" not in caplog.text
+    # a URL with user info: kept out of the settings' repr, refused (without it) where unused
+    settings = Settings(object_store_url=SecretStr("s3://AKIA:s3cr3t@team/loopml"))
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in str(settings.model_dump())
+    with pytest.raises(FailedPrecondition, match="carries user info") as bad:
+        ArtifactStore(tmp_path / "home-3", "s3://AKIA:s3cr3t@team/loopml")
+    assert "s3cr3t" not in bad.value.message and "AKIA" not in bad.value.message

@@ -15,11 +15,13 @@ drops user info from the URL.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import posixpath
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -90,13 +92,88 @@ def info_mtime_ns(info: dict[str, Any]) -> int:
     return 0
 
 
+_VERBS = {
+    "info": "look up",
+    "exists": "look up",
+    "isdir": "look up",
+    "find": "list",
+    "ls": "list",
+    "get_file": "read",
+    "cat_file": "read",
+    "put_file": "write",
+    "pipe_file": "write",
+    "rm_file": "delete",
+    "makedirs": "create the directory of",
+}
+_SECRET_OPTION = re.compile(r"key|secret|token|password|passwd|credential|session|sas", re.IGNORECASE)
+_SAFE_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9.]{0,63}$")
+
+
+def secret_values(url: str, options: dict[str, Any]) -> list[str]:
+    """Strings that must never be shown: the URL's user info, and the values of options whose
+    name suggests a credential (at any depth, e.g. `client_kwargs.aws_secret_access_key`)."""
+    parsed = urlparse(url)
+    found = [v for v in (parsed.username, parsed.password) if v]
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, secret or bool(_SECRET_OPTION.search(str(k))))
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, secret)
+        elif secret and isinstance(value, str) and value:
+            found.append(value)
+
+    walk(options, False)
+    return sorted({v for v in found if len(v) >= 3}, key=len, reverse=True)
+
+
+def redact(text: str, secrets_: list[str]) -> str:
+    for value in secrets_:
+        text = text.replace(value, "***")
+    return text
+
+
+def error_reason(exc: BaseException) -> str:
+    """The exception class, plus a short code when the backend gives one (botocore's
+    `Error.Code`, an errno name): never the backend's free text (URLs, keys, request ids)."""
+    code = None
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+        code = response["Error"].get("Code")
+    if code is None and isinstance(exc, OSError) and exc.errno:
+        code = errno.errorcode.get(exc.errno)
+    if isinstance(code, str) and _SAFE_CODE.match(code):
+        return f"{type(exc).__name__} {code}"
+    return type(exc).__name__
+
+
 class _Guarded:
     """An fsspec file system whose failures (other than a missing path) become Unavailable (503)
-    naming the store, whatever the backend raises (OSError, botocore errors, ...)."""
+    naming the store, the operation and the bucket/object, whatever the backend raises
+    (OSError, botocore errors, ...). The backend's own message (which can carry endpoint URLs,
+    key paths, request ids) goes only to the debug log, with credentials redacted."""
 
-    def __init__(self, fs: Any, display: str) -> None:
+    def __init__(self, fs: Any, display: str, root: str, secrets_: list[str]) -> None:
         self._fs = fs
         self._display = display
+        self._root = root
+        self._secrets = secrets_
+
+    def _subject(self, args: tuple[Any, ...]) -> str:
+        """What the call was about, as a bucket URI (keys are `<root>/<bucket>/<name>`)."""
+        for arg in args:
+            if not isinstance(arg, str) or not (arg == self._root or arg.startswith(self._root + "/")):
+                continue
+            parts = arg[len(self._root) :].strip("/").split("/")
+            if parts == [""]:
+                return "the store's root"
+            if parts[0] == META_DIR:  # .loopml/{gcs-meta,folders}/B/..., .loopml/buckets/B.json
+                bucket = parts[2].removesuffix(".json") if len(parts) > 2 else ""
+                return f"loopml's records of gs://{bucket}" if bucket else "loopml's records"
+            return "gs://" + "/".join(parts)
+        return "the store"
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._fs, name)
@@ -109,9 +186,18 @@ class _Guarded:
             except (FileNotFoundError, LoopmlError):
                 raise
             except Exception as exc:
-                log.warning("object store %s: %s failed: %s", self._display, name, type(exc).__name__)
+                subject = self._subject(args)
+                reason = error_reason(exc)
+                log.warning("object store %s: %s of %s failed: %s", self._display, name, subject, reason)
+                log.debug(
+                    "object store %s: %s of %s failed: %s",
+                    self._display,
+                    name,
+                    subject,
+                    redact(f"{type(exc).__name__}: {exc}", self._secrets),
+                )
                 raise Unavailable(
-                    f"The object store {self._display} failed ({name}): {type(exc).__name__}: {exc}"
+                    f"The object store {self._display} failed to {_VERBS.get(name, name)} {subject} ({reason})."
                 ) from None
 
         return call
@@ -130,13 +216,23 @@ class RemoteStore:
         if not url.startswith(("file:", "/")):
             # other servers write to the store too: never answer from a stale listing cache
             options.setdefault("use_listings_cache", False)
+        hidden = secret_values(url, options)
         try:
             fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             # ImportError: the backend (e.g. s3fs for s3://) is not installed
-            raise FailedPrecondition(f"Cannot open the object store {self.display}: {exc}") from None
-        self.fs: Any = _Guarded(fs, self.display)
+            raise FailedPrecondition(
+                f"Cannot open the object store {self.display}: {redact(str(exc), hidden)}"
+            ) from None
         self.root = str(root).rstrip("/")
+        parsed = urlparse(url)
+        if (parsed.username or parsed.password) and "@" in self.root:
+            # the backend did not take the user info (s3fs, gcsfs): it would be a bucket name
+            raise FailedPrecondition(
+                f"The object store URL {self.display} carries user info, which its backend does not "
+                "use: give credentials in LOOPML_OBJECT_STORE_OPTIONS or the backend's own variables."
+            )
+        self.fs: Any = _Guarded(fs, self.display, self.root, hidden)
         self.is_local = isinstance(fs, LocalFileSystem)
         self.cache_dir = cache_dir
         if self.is_local:
