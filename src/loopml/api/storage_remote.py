@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from loopml.api.storage_backend import BucketNotEmpty, Hasher, _guess_type, validate_object_name
-from loopml.artifacts.remote import RemoteStore, info_mtime_ns, info_token
+from loopml.artifacts.remote import RemoteStore, error_reason, info_mtime_ns, info_token
 from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -101,8 +101,7 @@ class RemoteObjects:
                     "under it that are not objects)."
                 ) from None
             raise Unavailable(
-                f"The object store {self.remote.display} failed (delete bucket {bucket}): "
-                f"{type(exc).__name__}."
+                f"The object store {self.remote.display} failed to delete gs://{bucket} ({error_reason(exc)})."
             ) from None
 
     # -- listing ---------------------------------------------------------------------------

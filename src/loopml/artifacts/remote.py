@@ -227,7 +227,7 @@ class RemoteStore:
         self.root = str(root).rstrip("/")
         parsed = urlparse(url)
         if (parsed.username or parsed.password) and "@" in self.root:
-            # the backend did not take the user info (s3fs, gcsfs): it would be a bucket name
+            # the backend did not take the user info (s3fs, for one): it would be a bucket name
             raise FailedPrecondition(
                 f"The object store URL {self.display} carries user info, which its backend does not "
                 "use: give credentials in LOOPML_OBJECT_STORE_OPTIONS or the backend's own variables."
