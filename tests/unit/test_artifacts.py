@@ -28,6 +28,14 @@ def test_escapes_are_refused(tmp_path: Path, uri: str) -> None:
         store.resolve(uri)
 
 
+@pytest.mark.parametrize("bucket", ["bkt\n", "bkt\n\n", "Bkt", "b", "bkt-"])
+def test_bad_bucket_names_are_refused(tmp_path: Path, bucket: str) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(InvalidArgument, match="Invalid bucket name"):
+        store.bucket_path(bucket)
+    assert not (tmp_path / "buckets" / bucket).exists()
+
+
 def test_symlink_out_of_bucket_is_refused(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "store")
     bucket = store.bucket_path("bkt")

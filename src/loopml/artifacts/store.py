@@ -31,7 +31,8 @@ from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
+# \Z, not $: "$" also matches before a final newline
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]\Z")
 _BUCKET_SCHEMES = ("gs", "s3")
 
 
