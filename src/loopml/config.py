@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     """Prebuilt Vertex images: "isolated" (an env with the framework) or "host" (loopml's Python)."""
     gcs_mount: Path | None = None
     """If set (e.g. `/gcs`), the server links this path to the buckets dir (the Vertex `/gcs/` view)."""
+    container_engine: str = "loopml"
+    """How custom jobs and serving containers run images: "loopml" (host processes) or "docker"
+    (images not in loopml's catalog run with `docker run`; see docs/images.md)."""
 
     # -- batch prediction / request logging (BATCH) -----------------------------------------
     batch_chunk_rows: int = 1_048_576

@@ -93,8 +93,20 @@ def build(platform: Platform) -> None:
     platform.services["envs"] = envs
     gcs_view = GcsView(platform.artifacts.buckets_dir, _settings.gcs_mount)
     platform.services["gcs"] = gcs_view
+    from loopml.images.docker import DockerEngine, check_engine_name
+
+    docker = None
+    if check_engine_name(_settings.container_engine) == "docker":
+        docker = DockerEngine(_settings.resolved_home())
+        # before jobs and replays start (and last on stop): no container of this home survives
+        platform.on_start("docker-leftovers", docker.remove_leftovers)
+        platform.on_stop("docker-leftovers", docker.remove_leftovers)
     platform.services["images"] = ImageService(
-        _settings.resolved_home() / "images", envs, prebuilt_mode=_settings.prebuilt_envs, gcs=gcs_view
+        _settings.resolved_home() / "images",
+        envs,
+        prebuilt_mode=_settings.prebuilt_envs,
+        gcs=gcs_view,
+        docker=docker,
     )
     if _settings.gcs_mount is not None:
         platform.on_start("gcs-mount", gcs_view.mount_hook)

@@ -29,6 +29,7 @@ from loopml.envs.manager import META, EnvManager, Progress
 from loopml.errors import FailedPrecondition, InvalidArgument, NotFound
 from loopml.images.builder import DockerfileBuild
 from loopml.images.catalog import Catalog, ImageRef, parse_ref
+from loopml.images.docker import DockerEngine
 from loopml.images.prebuilt import Prebuilt, match_prebuilt
 from loopml.images.runcmd import IMAGE_DIR
 from loopml.images.runtime import ImageRuntime
@@ -42,7 +43,13 @@ UsageCheck = Callable[[list[str]], list[str]]
 
 class ImageService:
     def __init__(
-        self, root: Path, envs: EnvManager, *, prebuilt_mode: str = "isolated", gcs: GcsView | None = None
+        self,
+        root: Path,
+        envs: EnvManager,
+        *,
+        prebuilt_mode: str = "isolated",
+        gcs: GcsView | None = None,
+        docker: DockerEngine | None = None,
     ) -> None:
         if prebuilt_mode not in ("isolated", "host"):
             raise InvalidArgument(f"prebuilt_envs must be 'isolated' or 'host', not {prebuilt_mode!r}.")
@@ -51,6 +58,8 @@ class ImageService:
         self.prebuilt_mode = prebuilt_mode
         self._usage_checks: list[UsageCheck] = []
         self.gcs = gcs
+        self.docker = docker
+        """The Docker engine when `LOOPML_CONTAINER_ENGINE=docker` (see `docker_for`)."""
 
     def gcs_view_env(self) -> dict[str, str]:
         """Variables for job and replica processes: `LOOPML_GCS_ROOT` (and the mount when made)."""
@@ -317,6 +326,20 @@ class ImageService:
         )
 
     # -- docker ----------------------------------------------------------------------------
+    def docker_for(self, image_uri: str) -> DockerEngine | None:
+        """The Docker engine that runs `image_uri`, or None when loopml runs it itself: with
+        `LOOPML_CONTAINER_ENGINE=docker`, images that are neither in the catalog nor prebuilt."""
+        if self.docker is None or not image_uri:
+            return None
+        try:
+            if self.catalog.find_digest(image_uri) is not None:
+                return None
+        except InvalidArgument:
+            pass
+        if match_prebuilt(image_uri) is not None:
+            return None
+        return self.docker
+
     @staticmethod
     def docker_available() -> bool:
         docker = shutil.which("docker")

@@ -1,0 +1,206 @@
+"""Running images with a Docker engine: `LOOPML_CONTAINER_ENGINE=docker`.
+
+With the default engine (`loopml`) every image runs as a host process (`ImageRuntime`). With
+`docker`, an image reference that loopml's catalog does not know and that is not a prebuilt
+Vertex image (for example one built with `loopml images build --engine docker`, or pulled into
+Docker) is run by the docker CLI instead:
+
+    docker run --rm --name loopml-<kind>-<id> --network host --label loopml.home=<hash>
+        [-e K=V ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
+
+The container shares the host's network, so `AIP_HTTP_PORT` is a port chosen free on the host
+and the emulator variables that point at the server's `127.0.0.1` URL work unchanged. The
+`docker run` process is the supervised child (its output is the job's or replica's log); the
+container is stopped with `docker stop`/`docker rm -f` by name. Every container carries the
+label `loopml.home=<hash of LOOPML_HOME>`, so a server removes the ones a previous (killed)
+server of the same home left behind, and never touches anyone else's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopml.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("loopml", "docker")
+HOME_LABEL = "loopml.home"
+KIND_LABEL = "loopml.kind"
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
+_ENV_NAME = re.compile(r"^[^=\s\x00]+\Z")
+# What the docker CLI itself needs from the server's environment (never the containers' env).
+_CLIENT_VARS = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
+
+
+def check_engine_name(name: str) -> str:
+    if name not in ENGINES:
+        raise InvalidArgument(f"LOOPML_CONTAINER_ENGINE must be one of {', '.join(ENGINES)}, not {name!r}.")
+    return name
+
+
+def home_hash(home: Path) -> str:
+    """The value of the `loopml.home` label: which server home a container belongs to."""
+    return hashlib.sha256(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:16]
+
+
+def container_name(kind: str, ident: str) -> str:
+    """`loopml-<kind>-<id>`, with characters Docker refuses in names replaced by `-`."""
+    return _NAME_BAD.sub("-", f"loopml-{kind}-{ident}")
+
+
+@dataclass
+class DockerRun:
+    """One container to run: the image, Vertex `command`/`args`, its environment and mounts."""
+
+    image: str
+    kind: str  # "job" or "replica"
+    command: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # host, container, read-only
+
+
+class DockerEngine:
+    """The docker CLI, as loopml uses it: check, run, stop, and clean up by label."""
+
+    def __init__(self, home: Path, binary: str = "docker", *, check_ttl_s: float = 30.0) -> None:
+        self.label_value = home_hash(home)
+        self._binary = binary
+        self._check_ttl_s = check_ttl_s
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return f"{HOME_LABEL}={self.label_value}"
+
+    # -- the CLI -------------------------------------------------------------------------------
+    def binary(self) -> str:
+        found = shutil.which(self._binary)
+        if not found:
+            raise FailedPrecondition(
+                "LOOPML_CONTAINER_ENGINE=docker, but the docker CLI was not found on the server's PATH."
+            )
+        return found
+
+    @staticmethod
+    def client_env() -> dict[str, str]:
+        """The docker CLI's own environment: PATH/HOME and its DOCKER_* settings, nothing else."""
+        env = {k: v for k, v in os.environ.items() if k in _CLIENT_VARS or k.startswith("DOCKER_")}
+        env.setdefault("PATH", os.defpath)
+        return env
+
+    def _cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.binary(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.client_env(),
+            stdin=subprocess.DEVNULL,
+        )
+
+    def check(self) -> None:
+        """Raise FailedPrecondition (HTTP 400) naming `docker info`'s error when the engine is not
+        reachable; a success is remembered for a little while."""
+        with self._lock:
+            if time.monotonic() - self._checked_at < self._check_ttl_s:
+                return
+            try:
+                proc = self._cli("info", timeout=20.0)
+            except subprocess.TimeoutExpired:
+                raise FailedPrecondition(
+                    "LOOPML_CONTAINER_ENGINE=docker, but the Docker engine does not answer: "
+                    "`docker info` did not finish within 20s."
+                ) from None
+            if proc.returncode != 0:
+                lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+                detail = "\n".join(lines[-5:]) or f"exit status {proc.returncode}"
+                raise FailedPrecondition(
+                    f"LOOPML_CONTAINER_ENGINE=docker, but the Docker engine is not reachable: "
+                    f"`docker info` failed: {detail}"
+                )
+            self._checked_at = time.monotonic()
+
+    # -- run -----------------------------------------------------------------------------------
+    def run_argv(self, name: str, run: DockerRun) -> list[str]:
+        """The exact `docker run` command line for a container (Vertex command/args semantics:
+        command replaces ENTRYPOINT and drops CMD; args alone replace CMD)."""
+        argv = [self.binary(), "run", "--rm", "--name", name, "--network", "host"]
+        argv += ["--label", self.label, "--label", f"{KIND_LABEL}={run.kind}"]
+        for key, value in run.env.items():
+            if not _ENV_NAME.match(key):
+                raise InvalidArgument(f"Environment variable name {key!r} cannot be passed to a container.")
+            argv += ["-e", f"{key}={value}"]
+        for host, target, read_only in run.mounts:
+            if not os.path.isabs(host) or not os.path.isabs(target) or ":" in host + target:
+                raise InvalidArgument(f"Cannot mount {host!r} at {target!r}: absolute paths without ':'.")
+            argv += ["-v", f"{host}:{target}" + (":ro" if read_only else "")]
+        tail: list[str]
+        if run.command:
+            argv += ["--entrypoint", run.command[0]]
+            tail = [*run.command[1:], *run.args]
+        else:
+            tail = list(run.args)
+        return [*argv, run.image, *tail]
+
+    # -- stop and clean up -------------------------------------------------------------------
+    def stop(self, name: str, timeout_s: float = 5.0) -> None:
+        """`docker stop -t N` (SIGTERM, then SIGKILL after N s), then `docker rm -f` (the
+        container may not have been started with --rm's cleanup yet). Errors are logged only."""
+        grace = max(0, round(timeout_s))
+        for args, limit in (
+            (("stop", "-t", str(grace), name), grace + 30.0),
+            (("rm", "-f", name), 30.0),
+        ):
+            try:
+                proc = self._cli(*args, timeout=limit)
+            except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
+                log.warning("docker %s %s failed: %s", args[0], name, exc)
+                continue
+            if proc.returncode != 0 and "no such container" not in proc.stderr.lower():
+                log.warning("docker %s %s: %s", args[0], name, proc.stderr.strip()[-300:])
+
+    def remove(self, name: str) -> None:
+        """`docker rm -f NAME`, quietly (a container of that name may not exist)."""
+        try:
+            self._cli("rm", "-f", name)
+        except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
+            log.warning("docker rm -f %s failed: %s", name, exc)
+
+    def containers(self) -> list[str]:
+        """Names of this home's containers, running or not."""
+        proc = self._cli("ps", "-a", "--filter", f"label={self.label}", "--format", "{{.Names}}")
+        if proc.returncode != 0:
+            raise FailedPrecondition(f"`docker ps` failed: {proc.stderr.strip()[-300:]}")
+        return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove every container of this home (start and stop hook of the server)."""
+        try:
+            self.check()
+            names = self.containers()
+        except (FailedPrecondition, subprocess.TimeoutExpired, OSError) as exc:
+            message = getattr(exc, "message", str(exc))
+            log.warning("cannot look for leftover loopml containers: %s", message)
+            return []
+        for name in names:
+            log.warning("removing leftover container %s", name)
+            self.remove(name)
+        return names
+
+
+def env_for_container(env: Mapping[str, str], drop: Sequence[str] = ()) -> dict[str, str]:
+    """A container's environment: no host PATH (the image has its own), nothing in `drop`."""
+    return {k: str(v) for k, v in env.items() if k != "PATH" and k not in drop}
