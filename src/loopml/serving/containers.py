@@ -135,7 +135,7 @@ class ContainerReplica(Replica):
         argv = self.argv
         if self.preferred_port and self.port != self.preferred_port:
             argv = rewrite_port(argv, self.preferred_port, self.port)
-        self._spawn(argv, env, self.cwd)
+        self._launch(argv, env)
         deadline = time.monotonic() + self.start_timeout
         last = "no answer yet"
         with httpx.Client(timeout=10.0) as client:
@@ -171,6 +171,10 @@ class ContainerReplica(Replica):
             f"Custom container replica {self.replica_id} did not become healthy within "
             f"{self.start_timeout:.0f}s (GET {self.health_route} on port {self.port}: {last})."
         )
+
+    def _launch(self, argv: list[str], env: dict[str, str]) -> None:
+        """Start the server process (a Docker replica starts `docker run` instead)."""
+        self._spawn(argv, env, self.cwd)
 
     def check_health(self) -> bool:
         """One health probe (blocking); used by the monitor every few seconds."""

@@ -148,6 +148,9 @@ class FactoryMixin:
         runtime = None
         images = self.platform.services.get("images")
         image_uri = cs.get("imageUri")
+        docker = images.docker_for(image_uri) if images is not None and image_uri else None
+        if docker is not None:
+            return self._docker_factory(spec, timeout, docker)
         if images is not None and image_uri:
             runtime = images.resolve(image_uri)
         argv, cwd = container_argv(spec, runtime)
@@ -176,6 +179,51 @@ class FactoryMixin:
             argv=argv,
             env=env,
             cwd=cwd,
+            predict_route=predict_route,
+            health_route=health_route,
+            meta=meta,
+            preferred_port=preferred_port,
+        )
+
+    def _docker_factory(self, spec: DeployedModelSpec, timeout: float, docker: Any) -> Any:
+        """Replicas run by the Docker engine: `docker run` with the same AIP_* contract, the
+        emulator variables (host network: the server's 127.0.0.1 URL works) and the local copy
+        of the model's artifacts mounted read-only at its own path."""
+        from loopml.images.docker import DockerRun
+        from loopml.serving.docker_replica import DockerContainerReplica
+        from loopml.training.contract import emulator_env
+
+        docker.check()  # a 400 naming `docker info`'s error when the engine is not reachable
+        cs = spec.container_spec or {}
+        prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
+        predict_route = cs.get("predictRoute") or f"{prefix}:predict"
+        health_route = cs.get("healthRoute") or prefix
+        storage_uri = self._storage_copy(spec)
+        parts = spec.endpoint_name.split("/")
+        project = parts[1] if len(parts) > 3 else ""
+        location = parts[3] if len(parts) > 3 else None
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        base = {"PYTHONUNBUFFERED": "1"}
+        base.update(emulator_env(f"http://{host}:{self.settings.port}", project, location))
+        env = build_container_env(spec, None, storage_uri, predict_route, health_route, base)
+        mounts: list[tuple[str, str, bool]] = []
+        if storage_uri:
+            local = str(
+                self.artifacts.bucket_path(STORAGE_BUCKET) / spec.endpoint_id / spec.deployed_model_id
+            )
+            mounts.append((local, local, True))
+        command = [str(x) for x in cs.get("command") or []]
+        args = [str(x) for x in cs.get("args") or []]
+        run = DockerRun(str(cs.get("imageUri")), "replica", command, args, mounts=mounts)
+        meta = _meta(spec)
+        preferred_port = _first_port(cs)
+        return lambda rid, log_path: DockerContainerReplica(
+            rid,
+            log_path,
+            timeout,
+            engine=docker,
+            run=run,
+            env=env,
             predict_route=predict_route,
             health_route=health_route,
             meta=meta,

@@ -88,6 +88,7 @@ class _Active:
     cancel: threading.Event = field(default_factory=threading.Event)
     proc: subprocess.Popen[bytes] | None = None
     thread: threading.Thread | None = None
+    container: tuple[Any, str] | None = None  # (DockerEngine, container name) of a Docker job
 
 
 class JobRunner:
@@ -265,13 +266,21 @@ class JobRunner:
             )
             cwd = launch.cwd or self.logs_dir.parent.parent / "jobs" / job_id
             cwd.mkdir(parents=True, exist_ok=True)
-            logf.write(f"[loopml] starting workerpool0-0: {' '.join(launch.argv)} (cwd {cwd})\n")
+            argv, proc_env = launch.argv, env
+            if launch.docker is not None:
+                try:
+                    argv, proc_env = self._docker_argv(launch, job_id, act, spec, project, location, data_env)
+                except LoopmlError as exc:
+                    logf.write(f"[loopml] preparing the container failed: {exc.message}\n")
+                    self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the job failed: {exc.message}")
+                    return
+            logf.write(f"[loopml] starting workerpool0-0: {' '.join(argv)} (cwd {cwd})\n")
             self.store.update(pk, start_time=now())  # a launch attempt: recovery fails it, never reruns it
             try:
                 proc = subprocess.Popen(
-                    launch.argv,
+                    argv,
                     cwd=str(cwd),
-                    env=env,
+                    env=proc_env,
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
@@ -280,13 +289,16 @@ class JobRunner:
                 )
             except OSError as exc:
                 logf.write(f"[loopml] could not start the process: {exc}\n")
-                self._finish(pk, "JOB_STATE_FAILED", 9, f"Could not start {launch.argv[0]!r}: {exc}")
+                self._finish(pk, "JOB_STATE_FAILED", 9, f"Could not start {argv[0]!r}: {exc}")
                 return
             act.proc = proc
             started = self.store.update(pk, state="JOB_STATE_RUNNING", pid=proc.pid, start_time=now())
             self._notify(self.on_started, started)
             outcome = self._wait(proc, act, spec.timeout_s)
             kill_group(proc.pid, signal.SIGKILL)  # stray grandchildren never outlive the job
+            if act.container is not None:
+                engine, name = act.container
+                engine.remove(name)  # normally gone already (--rm); never left behind
             logf.write(f"[loopml] job {job_id} ended: {outcome[0]} (exit {proc.returncode})\n")
             if spec.base_output_dir:
                 outcome = self._publish_outputs(spec.base_output_dir, outcome, logf)
@@ -295,6 +307,50 @@ class JobRunner:
             tail = log_tail(log_path)
             message = f"{message}\nLast lines of the log:\n{tail}" if tail else message
         self._finish(pk, state, code, message)
+
+    def _docker_argv(
+        self,
+        launch: Launch,
+        job_id: str,
+        act: _Active,
+        spec: Any,
+        project: str,
+        location: str,
+        data: dict[str, str],
+    ) -> tuple[list[str], dict[str, str]]:
+        """`docker run …` for a job on a Docker image, and the docker CLI's own environment.
+
+        The container gets the same contract variables as a host process (AIP_*, CLOUD_ML_*,
+        the emulator variables, containerSpec.env), but none of the host's PATH/HOME; the
+        buckets are mounted at /gcs (`LOOPML_GCS_ROOT=/gcs`).
+        """
+        import dataclasses
+
+        from loopml.images.docker import container_name, env_for_container
+
+        extra = dict(self.extra_env() if self.extra_env else {})
+        extra.pop("LOOPML_GCS_MOUNT", None)
+        extra["LOOPML_GCS_ROOT"] = "/gcs"
+        env = job_env(
+            base_env={},
+            bin_dirs=[],
+            image_env={},
+            user_env=spec.chief.env,
+            project=project,
+            location=location,
+            job_id=job_id,
+            base_output_dir=spec.base_output_dir,
+            data=data,
+            url=self.url,
+            extra=extra,
+        )
+        engine = launch.engine
+        name = container_name("job", job_id)
+        run = dataclasses.replace(launch.docker, env=env_for_container(env))
+        argv = list(engine.run_argv(name, run))
+        engine.remove(name)  # a container of that name left by an earlier attempt
+        act.container = (engine, name)
+        return argv, dict(engine.client_env())
 
     def _publish_outputs(
         self, base_output_dir: str, outcome: tuple[str, int, str], logf: TextIO
@@ -334,15 +390,24 @@ class JobRunner:
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with a non-zero status of {rc}"
                 return "JOB_STATE_FAILED", 13, f"The replica workerpool0-0 {how}."
             if act.cancel.is_set():
-                self._terminate(proc)
+                self._terminate(proc, act)
                 if self._stopping:
                     return "JOB_STATE_FAILED", 10, "The loopml server stopped while this job was running."
                 return "JOB_STATE_CANCELLED", 1, "The job was cancelled."
             if timeout_s is not None and time.monotonic() - started > timeout_s:
-                self._terminate(proc)
+                self._terminate(proc, act)
                 return "JOB_STATE_FAILED", 4, f"The job timed out after {timeout_s:g}s (scheduling.timeout)."
 
-    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+    def _terminate(self, proc: subprocess.Popen[bytes], act: _Active | None = None) -> None:
+        if act is not None and act.container is not None:
+            # `docker stop`: SIGTERM in the container, SIGKILL after the grace period; the
+            # `docker run` process then exits with the container.
+            engine, name = act.container
+            engine.stop(name, self.grace_s)
+            try:
+                proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
         kill_group(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=self.grace_s)

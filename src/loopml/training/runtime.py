@@ -33,6 +33,11 @@ class Launch:
     cwd: Path | None  # None: the job's own scratch directory
     env: dict[str, str] = field(default_factory=dict)
     bin_dirs: list[str] = field(default_factory=list)
+    docker: Any = None
+    """A `DockerRun` (image, command, args, mounts) when the Docker engine runs the image; the
+    runner fills in the environment and runs `docker run` instead of `argv`."""
+    engine: Any = None
+    """The `DockerEngine` for `docker`."""
 
 
 def _rt_attr(runtime: Any, name: str, default: Any) -> Any:
@@ -90,6 +95,10 @@ class RuntimeResolver:
         """Fail early (400) when a container image is unknown: it must be built first."""
         if pool.image_uri is None or self.images is None:
             return
+        engine = self._docker_for(pool.image_uri)
+        if engine is not None:
+            engine.check()  # a 400 naming `docker info`'s error when the engine is not reachable
+            return
         if self.image_runtime(pool.image_uri) is None:
             raise FailedPrecondition(
                 f"Image {pool.image_uri!r} is not known to loopml: build it first with "
@@ -102,8 +111,21 @@ class RuntimeResolver:
         return self._container_launch(pool)
 
     # -- containerSpec ---------------------------------------------------------------------
+    def _docker_for(self, uri: str) -> Any:
+        hook = getattr(self.images, "docker_for", None)
+        return hook(uri) if callable(hook) else None
+
     def _container_launch(self, pool: WorkerPool) -> Launch:
         assert pool.image_uri is not None
+        engine = self._docker_for(pool.image_uri)
+        if engine is not None:
+            from loopml.images.docker import DockerRun
+
+            engine.check()
+            # The buckets as the Vertex /gcs/ view, read-write as in a training container.
+            mounts = [(str(self.store.buckets_dir), "/gcs", False)]
+            run = DockerRun(pool.image_uri, "job", list(pool.command), list(pool.args), mounts=mounts)
+            return Launch(argv=[], cwd=None, docker=run, engine=engine)
         runtime = self.image_runtime(pool.image_uri)
         if runtime is None:
             if self.images is not None:
