@@ -1,0 +1,141 @@
+"""The `docker run` command line loopml emits, exactly, and the engine check's error message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loopml.errors import FailedPrecondition, InvalidArgument
+from loopml.images.docker import (
+    DockerEngine,
+    DockerRun,
+    check_engine_name,
+    container_name,
+    env_for_container,
+    home_hash,
+)
+from tests import fake_docker
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> DockerEngine:
+    exe = fake_docker.install(tmp_path / "bin", tmp_path / "state", {})
+    return DockerEngine(tmp_path / "home", binary=str(exe))
+
+
+def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_path: Path) -> None:
+    run = DockerRun(
+        "gcr.io/p/trainer:v1",
+        "job",
+        command=["python", "-m", "trainer.task"],
+        args=["--epochs", "3"],
+        env={"AIP_MODEL_DIR": "gs://b/out/model/", "EMPTY": "", "SPACED": "a b=c"},
+        mounts=[("/srv/buckets", "/gcs", False), ("/srv/copy", "/srv/copy", True)],
+    )
+    label = f"loopml.home={home_hash(tmp_path / 'home')}"
+    assert engine.run_argv("loopml-job-42", run) == [
+        str(tmp_path / "bin" / "docker"),
+        "run",
+        "--rm",
+        "--name",
+        "loopml-job-42",
+        "--network",
+        "host",
+        "--label",
+        label,
+        "--label",
+        "loopml.kind=job",
+        "-e",
+        "AIP_MODEL_DIR=gs://b/out/model/",
+        "-e",
+        "EMPTY=",
+        "-e",
+        "SPACED=a b=c",
+        "-v",
+        "/srv/buckets:/gcs",
+        "-v",
+        "/srv/copy:/srv/copy:ro",
+        "--entrypoint",
+        "python",
+        "gcr.io/p/trainer:v1",
+        "-m",
+        "trainer.task",
+        "--epochs",
+        "3",
+    ]
+
+
+def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:
+    def tail(**kw: list[str]) -> list[str]:
+        argv = engine.run_argv("n", DockerRun("img:1", "replica", **kw))
+        return argv[argv.index("loopml.kind=replica") + 1 :]
+
+    assert tail() == ["img:1"]  # ENTRYPOINT + CMD of the image
+    assert tail(args=["--port", "9"]) == ["img:1", "--port", "9"]  # args replace CMD only
+    assert tail(command=["/bin/server"]) == ["--entrypoint", "/bin/server", "img:1"]  # CMD dropped
+    assert tail(command=["sh", "-c", "x y"], args=["a"]) == ["--entrypoint", "sh", "img:1", "-c", "x y", "a"]
+
+
+def test_bad_env_names_and_mounts_are_refused(engine: DockerEngine) -> None:
+    with pytest.raises(InvalidArgument, match="A=B"):
+        engine.run_argv("n", DockerRun("img", "job", env={"A=B": "1"}))
+    with pytest.raises(InvalidArgument, match="absolute"):
+        engine.run_argv("n", DockerRun("img", "job", mounts=[("rel", "/x", True)]))
+
+
+def test_names_labels_and_container_env() -> None:
+    assert container_name("replica", "123-r0") == "loopml-replica-123-r0"
+    assert container_name("job", "a/b c") == "loopml-job-a-b-c"
+    assert home_hash(Path("/x/home")) == home_hash(Path("/x/home/"))
+    assert home_hash(Path("/x/home")) != home_hash(Path("/x/other"))
+    assert env_for_container({"PATH": "/h", "A": "1", "B": "2"}, drop=["B"]) == {"A": "1"}
+    assert check_engine_name("docker") == "docker"
+    with pytest.raises(InvalidArgument, match="LOOPML_CONTAINER_ENGINE"):
+        check_engine_name("podman")
+
+
+def test_check_names_docker_info_error(engine: DockerEngine, tmp_path: Path) -> None:
+    (tmp_path / "state" / "daemon-down").write_text("")
+    with pytest.raises(FailedPrecondition, match="docker info` failed: Cannot connect to the Docker daemon"):
+        engine.check()
+    (tmp_path / "state" / "daemon-down").unlink()
+    engine.check()  # reachable now
+
+
+def test_missing_cli_is_named(tmp_path: Path) -> None:
+    engine = DockerEngine(tmp_path, binary=str(tmp_path / "no-such-docker"))
+    with pytest.raises(FailedPrecondition, match="docker CLI was not found"):
+        engine.check()
+
+
+def test_leftovers_are_removed_by_label_only(engine: DockerEngine, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    fake_docker.install(
+        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
+    )
+    exe = str(tmp_path / "bin" / "docker")
+    mine = subprocess.Popen(
+        [exe, "run", "--name", "mine", "--network", "host", "--label", engine.label, "sleeper"]
+    )
+    other = subprocess.Popen(
+        [exe, "run", "--name", "other", "--network", "host", "--label", "loopml.home=x", "sleeper"]
+    )
+    try:
+        for _ in range(100):
+            if set(fake_docker.containers(state)) == {"mine", "other"}:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert engine.containers() == ["mine"]
+        assert engine.remove_leftovers() == ["mine"]
+        assert set(fake_docker.containers(state)) == {"other"}
+        assert mine.wait(timeout=10) == 137  # the container was killed: its docker run ends
+    finally:
+        engine.stop("other", 1)
+        other.wait(timeout=10)
+    assert fake_docker.containers(state) == {}
