@@ -1,0 +1,314 @@
+"""`LOOPML_CONTAINER_ENGINE=docker`: custom jobs and serving containers run with `docker run`.
+
+No Docker engine runs on the development machines, so the engine (the true outer boundary) is
+`tests/fake_docker.py`, first on the server's PATH: it checks the flags loopml passes, runs the
+"image" (a JSON map image → argv) as a process with only the container's environment, and keeps
+its containers in a state directory the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests import fake_docker
+from tests.conftest import ServerProcess, free_port
+from tests.e2e.serving_helpers import PARENT, call, create_endpoint, wait_for
+
+TRAINER = r"""
+import json, os, sys, time, urllib.parse, urllib.request
+
+mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
+print("trainer starting in mode", mode, flush=True)
+if mode == "fail":
+    print("trainer blew up: learning rate must be positive", flush=True)
+    sys.exit(3)
+if mode == "sleep":
+    time.sleep(300)
+bucket, _, prefix = os.environ["AIP_MODEL_DIR"][len("gs://"):].partition("/")
+name = urllib.parse.quote(prefix + "env.json", safe="")
+url = f"{os.environ['STORAGE_EMULATOR_HOST']}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"
+body = json.dumps(dict(os.environ)).encode()
+req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+urllib.request.urlopen(req, timeout=30).read()
+print("model written", flush=True)
+"""
+
+SERVER = r"""
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body):
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200 if self.path == os.environ["AIP_HEALTH_ROUTE"] else 404, b"{}")
+
+    def do_POST(self):
+        data = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        env = {k: v for k, v in os.environ.items()}
+        out = {"predictions": [sum(i) for i in data["instances"]], "env": env, "pid": os.getpid()}
+        self._send(200, json.dumps(out).encode())
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["AIP_HTTP_PORT"])), Handler).serve_forever()
+"""
+
+TRAINER_IMAGE = "registry.example.com/team/trainer:1"
+SERVER_IMAGE = "registry.example.com/team/echo:1"
+
+
+@pytest.fixture(scope="module")
+def docker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fake-docker")
+    (root / "trainer.py").write_text(TRAINER)
+    (root / "server.py").write_text(SERVER)
+    images = {
+        TRAINER_IMAGE: {"entrypoint": [sys.executable, str(root / "trainer.py")], "cmd": ["ok"]},
+        SERVER_IMAGE: {"cmd": [sys.executable, str(root / "server.py")], "env": {"GREETING": "from-image"}},
+    }
+    exe = fake_docker.install(root / "bin", root / "state", images)
+    return {"bin": exe.parent, "state": root / "state", "exe": exe}
+
+
+def _env(docker: dict[str, Path]) -> dict[str, str]:
+    return {
+        "PATH": f"{docker['bin']}:{os.environ['PATH']}",
+        "LOOPML_CONTAINER_ENGINE": "docker",
+        "LOOPML_JOB_KILL_GRACE_S": "2",
+        "LOOPML_REPLICA_START_TIMEOUT_S": "20",
+    }
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, docker: dict[str, Path]) -> Iterator[ServerProcess]:
+    server = ServerProcess(home=tmp_path_factory.mktemp("docker-home"), port=free_port(), env=_env(docker))
+    server.start()
+    (server.home / "buckets" / "dk-bucket").mkdir(parents=True, exist_ok=True)
+    yield server
+    server.stop()
+    assert fake_docker.containers(docker["state"]) == {}  # a stopped server leaves no container
+
+
+def _job(srv: ServerProcess, name: str, args: list[str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"imageUri": TRAINER_IMAGE, "env": [{"name": "LR", "value": "0.1"}]}
+    if args is not None:
+        spec["args"] = args
+    body = {
+        "displayName": name,
+        "jobSpec": {
+            "workerPoolSpecs": [
+                {"machineSpec": {"machineType": "n1-standard-4"}, "replicaCount": "1", "containerSpec": spec}
+            ],
+            "baseOutputDirectory": {"outputUriPrefix": f"gs://dk-bucket/{name}"},
+        },
+    }
+    r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _wait_state(
+    srv: ServerProcess, job: dict[str, Any], states: set[str], timeout: float = 60
+) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        got = call(srv.url, "GET", job["name"])
+        return got if got["state"] in states else None
+
+    return dict(wait_for(done, timeout=timeout, interval=0.2))
+
+
+def _runs(state: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in fake_docker.events(state) if e.get("name") == name]
+
+
+def test_job_on_a_docker_image_writes_its_model(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    job = _job(srv, "dk-ok")
+    done = _wait_state(srv, job, {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"})
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    job_id = job["name"].rsplit("/", 1)[1]
+    written = srv.home / "buckets" / "dk-bucket" / "dk-ok" / "model" / "env.json"
+    env = json.loads(written.read_text())  # written through the storage API from "inside" the container
+    assert env["AIP_MODEL_DIR"] == "gs://dk-bucket/dk-ok/model/" and env["LR"] == "0.1"
+    assert env["CLOUD_ML_JOB_ID"] == job_id and env["STORAGE_EMULATOR_HOST"] == srv.url
+    assert env["LOOPML_GCS_ROOT"] == "/gcs"
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # the image's, not the host's
+    assert "VIRTUAL_ENV" not in env and "LOOPML_HOME" not in env
+    name = f"loopml-job-{job_id}"
+    run = _runs(docker["state"], name)[0]
+    assert run["event"] == "run" and run["image"] == TRAINER_IMAGE
+    assert run["argv"][-1] == "ok"  # the image's ENTRYPOINT + CMD
+    assert run["labels"]["loopml.kind"] == "job" and run["labels"]["loopml.home"]
+    assert run["mounts"] == [f"{srv.home / 'buckets'}:/gcs"]
+    log = (srv.home / "logs" / "jobs" / f"{job_id}.log").read_text()
+    assert "model written" in log and "docker" in log
+    assert name not in fake_docker.containers(docker["state"])
+
+
+def test_failing_docker_job_is_failed_with_its_log_tail(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    job = _job(srv, "dk-fail", ["fail"])
+    done = _wait_state(srv, job, {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"})
+    assert done["state"] == "JOB_STATE_FAILED"
+    message = done["error"]["message"]
+    assert "non-zero status of 3" in message and "learning rate must be positive" in message
+    assert fake_docker.containers(docker["state"]) == {}
+
+
+def test_cancel_stops_the_container(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    job = _job(srv, "dk-sleep", ["sleep"])
+    _wait_state(srv, job, {"JOB_STATE_RUNNING"})
+    name = f"loopml-job-{job['name'].rsplit('/', 1)[1]}"
+    record = wait_for(lambda: fake_docker.containers(docker["state"]).get(name), timeout=30)
+    assert psutil.pid_exists(record["pid"])
+    call(srv.url, "POST", f"{job['name']}:cancel", json={})
+    done = _wait_state(srv, job, {"JOB_STATE_CANCELLED", "JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED"})
+    assert done["state"] == "JOB_STATE_CANCELLED"
+    assert [e["event"] for e in _runs(docker["state"], name)][:3] == ["run", "stop", "exited"]
+    assert name not in fake_docker.containers(docker["state"])
+    assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == "zombie"
+
+
+def _deploy_echo(srv: ServerProcess, model_id: str, endpoint_id: str) -> tuple[str, str]:
+    art = srv.home / "buckets" / "dk-bucket" / model_id
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "weights.txt").write_text("1 2 3")
+    model = {
+        "displayName": model_id,
+        "artifactUri": f"gs://dk-bucket/{model_id}",
+        "containerSpec": {"imageUri": SERVER_IMAGE, "env": [{"name": "GREETING", "value": "hi"}]},
+    }
+    op = call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": model_id})
+    assert op["done"] and "error" not in op, op
+    ep = create_endpoint(srv.url, endpoint_id)
+    body = {
+        "deployedModel": {
+            "model": f"{PARENT}/models/{model_id}",
+            "dedicatedResources": {"machineSpec": {"machineType": "n1-standard-2"}, "minReplicaCount": 1},
+        },
+        "trafficSplit": {"0": 100},
+    }
+    op = call(srv.url, "POST", f"{ep}:deployModel", json=body)
+    assert op.get("done") and "error" not in op, op
+    return ep, op["response"]["deployedModel"]["id"]
+
+
+def test_serving_on_a_docker_image(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    ep, dm_id = _deploy_echo(srv, "dk-echo", "dk-echo-ep")
+    name = f"loopml-replica-{dm_id}-r0"
+    r = httpx.post(f"{srv.url}/v1/{ep}:predict", json={"instances": [[1, 2], [3, 4]]}, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["predictions"] == [3, 7] and out["deployedModelId"] == dm_id
+    env = out["env"]
+    assert env["AIP_PREDICT_ROUTE"] == f"/v1/endpoints/dk-echo-ep/deployedModels/{dm_id}:predict"
+    assert env["GREETING"] == "hi" and env["AIP_FRAMEWORK"] == "CUSTOM_CONTAINER"
+    assert env["STORAGE_EMULATOR_HOST"] == srv.url and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    storage = env["AIP_STORAGE_URI"]
+    local = srv.home / "buckets" / storage[len("gs://") :]
+    assert (local / "weights.txt").read_text() == "1 2 3"
+    record = fake_docker.containers(docker["state"])[name]
+    assert record["mounts"] == [f"{local}:{local}:ro"] and record["labels"]["loopml.kind"] == "replica"
+    assert record["pid"] == out["pid"]
+
+    # the container dies: the replica is restarted (a new container of the same name)
+    killed = subprocess.run([str(docker["exe"]), "kill", name], capture_output=True, text=True)
+    assert killed.returncode == 0, killed.stderr
+
+    def answered_by_new_container() -> bool:
+        r = httpx.post(f"{srv.url}/v1/{ep}:predict", json={"instances": [[1]]}, timeout=30)
+        return r.status_code == 200 and r.json()["pid"] != out["pid"]
+
+    wait_for(answered_by_new_container, timeout=60, interval=0.3)
+    assert "restarting replica" in srv.tail(200)
+    log = (srv.home / "logs" / "replicas" / f"{dm_id}-r0.log").read_text()
+    assert log.count(" run --rm --name " + name) >= 2
+
+    call(srv.url, "POST", f"{ep}:undeployModel", json={"deployedModelId": dm_id})
+    wait_for(lambda: name not in fake_docker.containers(docker["state"]), timeout=30)
+    assert _runs(docker["state"], name)[-1]["event"] in ("exited", "rm")
+    assert "stop" in [e["event"] for e in _runs(docker["state"], name)]
+
+
+def test_unreachable_engine_is_a_400_naming_docker_info(server_factory: Any, docker: dict[str, Path]) -> None:
+    (docker["state"] / "daemon-down").write_text("")
+    try:
+        srv = server_factory(env=_env(docker))
+        (srv.home / "buckets" / "dk-bucket").mkdir(parents=True, exist_ok=True)
+        body = {
+            "displayName": "dk-down",
+            "jobSpec": {
+                "workerPoolSpecs": [
+                    {
+                        "machineSpec": {"machineType": "n1-standard-4"},
+                        "replicaCount": "1",
+                        "containerSpec": {"imageUri": TRAINER_IMAGE},
+                    }
+                ]
+            },
+        }
+        r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "`docker info` failed" in message and "Cannot connect to the Docker daemon" in message
+        assert call(srv.url, "GET", f"{PARENT}/customJobs").get("customJobs", []) == []
+        model = {"displayName": "down", "containerSpec": {"imageUri": SERVER_IMAGE}}
+        call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "down"})
+        ep = create_endpoint(srv.url, "down-ep")
+        deploy = {"deployedModel": {"model": f"{PARENT}/models/down"}, "trafficSplit": {"0": 100}}
+        r = httpx.post(f"{srv.url}/v1/{ep}:deployModel", json=deploy, timeout=60)
+        text = json.dumps(r.json())
+        assert "Cannot connect to the Docker daemon" in text and (r.status_code == 400 or "error" in r.json())
+    finally:
+        (docker["state"] / "daemon-down").unlink()
+
+
+def test_server_stop_and_kill_leave_no_container(server_factory: Any, docker: dict[str, Path]) -> None:
+    srv = server_factory(env=_env(docker))
+    (srv.home / "buckets" / "dk-bucket").mkdir(parents=True, exist_ok=True)
+    job = _job(srv, "dk-long", ["sleep"])
+    _wait_state(srv, job, {"JOB_STATE_RUNNING"})
+    _ep, dm_id = _deploy_echo(srv, "dk-stop", "dk-stop-ep")
+    names = {f"loopml-job-{job['name'].rsplit('/', 1)[1]}", f"loopml-replica-{dm_id}-r0"}
+    wait_for(lambda: names <= set(fake_docker.containers(docker["state"])), timeout=30)
+    srv.stop()
+    assert not names & set(fake_docker.containers(docker["state"]))
+
+    # SIGKILL: the docker clients die with the server, the containers do not (as with a real
+    # engine); the next server of this home removes them before it replays the deployment.
+    srv.start()
+    replica = f"loopml-replica-{dm_id}-r0"
+    first = wait_for(lambda: fake_docker.containers(docker["state"]).get(replica), timeout=60)
+    srv.kill()
+    time.sleep(0.5)
+    left = fake_docker.containers(docker["state"]).get(replica)
+    assert left is not None and left["pid"] == first["pid"] and psutil.pid_exists(first["pid"])
+    srv.start()
+    second = wait_for(lambda: fake_docker.containers(docker["state"]).get(replica), timeout=60)
+    assert second["pid"] != first["pid"]
+    gone = wait_for(
+        lambda: not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == "zombie",
+        timeout=10,
+    )
+    assert gone
+    assert "removing leftover container " + replica in srv.tail(400)
+    srv.stop()
+    assert fake_docker.containers(docker["state"]) == {}
