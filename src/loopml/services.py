@@ -99,8 +99,8 @@ def build(platform: Platform) -> None:
     if check_engine_name(_settings.container_engine) == "docker":
         docker = DockerEngine(_settings.resolved_home())
         # before jobs and replays start (and last on stop): no container of this home survives
-        platform.on_start("docker-leftovers", docker.remove_leftovers)
-        platform.on_stop("docker-leftovers", docker.remove_leftovers)
+        platform.on_start("docker-leftovers", docker.cleanup_hook)
+        platform.on_stop("docker-leftovers", docker.cleanup_hook)
     platform.services["images"] = ImageService(
         _settings.resolved_home() / "images",
         envs,

@@ -67,8 +67,8 @@ def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_pat
 
 
 def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:
-    def tail(**kw: list[str]) -> list[str]:
-        argv = engine.run_argv("n", DockerRun("img:1", "replica", **kw))
+    def tail(command: list[str] | None = None, args: list[str] | None = None) -> list[str]:
+        argv = engine.run_argv("n", DockerRun("img:1", "replica", command or [], args or []))
         return argv[argv.index("loopml.kind=replica") + 1 :]
 
     assert tail() == ["img:1"]  # ENTRYPOINT + CMD of the image

@@ -152,7 +152,14 @@ def _docker_build(context: Path, tags: list[str], file: Path | None, build_args:
     for item in build_args:
         cmd += ["--build-arg", item]
     cmd.append(str(context))
-    raise typer.Exit(subprocess.call(cmd))
+    code = subprocess.call(cmd)
+    if code == 0:
+        typer.echo(
+            "The image is in Docker, not in loopml's catalog: a server started with "
+            "LOOPML_CONTAINER_ENGINE=docker runs it for jobs and deployments.",
+            err=True,
+        )
+    raise typer.Exit(code)
 
 
 @images_app.command("list")

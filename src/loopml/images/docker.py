@@ -186,6 +186,10 @@ class DockerEngine:
             raise FailedPrecondition(f"`docker ps` failed: {proc.stderr.strip()[-300:]}")
         return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
+    def cleanup_hook(self) -> None:
+        """Server start/stop hook: `remove_leftovers`, never failing the server."""
+        self.remove_leftovers()
+
     def remove_leftovers(self) -> list[str]:
         """Remove every container of this home (start and stop hook of the server)."""
         try:
