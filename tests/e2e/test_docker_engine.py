@@ -109,11 +109,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory, docker: dict[str, Path]) -> It
     assert fake_docker.containers(docker["state"]) == {}  # a stopped server leaves no container
 
 
-def _job(srv: ServerProcess, name: str, args: list[str] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"imageUri": TRAINER_IMAGE, "env": [{"name": "LR", "value": "0.1"}]}
+def _job_body(name: str, args: list[str] | None = None, image: str = TRAINER_IMAGE) -> dict[str, Any]:
+    spec: dict[str, Any] = {"imageUri": image, "env": [{"name": "LR", "value": "0.1"}]}
     if args is not None:
         spec["args"] = args
-    body = {
+    return {
         "displayName": name,
         "jobSpec": {
             "workerPoolSpecs": [
@@ -122,6 +122,11 @@ def _job(srv: ServerProcess, name: str, args: list[str] | None = None) -> dict[s
             "baseOutputDirectory": {"outputUriPrefix": f"gs://dk-bucket/{name}"},
         },
     }
+
+
+def _job(srv: ServerProcess, name: str, args: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    body = _job_body(name, args)
+    body["jobSpec"].update(extra)
     r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -185,6 +190,22 @@ def test_cancel_stops_the_container(srv: ServerProcess, docker: dict[str, Path])
     assert [e["event"] for e in _runs(docker["state"], name)][:3] == ["run", "stop", "exited"]
     assert name not in fake_docker.containers(docker["state"])
     assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == "zombie"
+
+
+def test_timeout_stops_the_container(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    job = _job(srv, "dk-timeout", ["sleep"], scheduling={"timeout": "2s"})
+    done = _wait_state(srv, job, {"JOB_STATE_CANCELLED", "JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED"})
+    assert done["state"] == "JOB_STATE_FAILED" and "timed out" in done["error"]["message"]
+    name = f"loopml-job-{job['name'].rsplit('/', 1)[1]}"
+    assert "stop" in [e["event"] for e in _runs(docker["state"], name)]
+    assert name not in fake_docker.containers(docker["state"])
+
+
+def test_image_reference_docker_would_take_for_an_option_is_a_400(srv: ServerProcess) -> None:
+    body = _job_body("dk-bad", image="--privileged")
+    r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "not a Docker image name" in r.json()["error"]["message"]
 
 
 def _deploy_echo(srv: ServerProcess, model_id: str, endpoint_id: str) -> tuple[str, str]:

@@ -77,6 +77,19 @@ def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:
     assert tail(command=["sh", "-c", "x y"], args=["a"]) == ["--entrypoint", "sh", "img:1", "-c", "x y", "a"]
 
 
+@pytest.mark.parametrize("image", ["--privileged", "-v", "img name", "", "img\n", "a;b", "x@sha256:12"])
+def test_image_references_that_docker_would_misread_are_refused(engine: DockerEngine, image: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a Docker image name"):
+        engine.run_argv("n", DockerRun(image, "job"))
+
+
+@pytest.mark.parametrize(
+    "image", ["img", "gcr.io/p/img:v1", "localhost:5000/a/b", f"us-docker.pkg.dev/p/r/i@sha256:{'a' * 64}"]
+)
+def test_image_references_accepted(engine: DockerEngine, image: str) -> None:
+    assert engine.run_argv("n", DockerRun(image, "job"))[-1] == image
+
+
 def test_bad_env_names_and_mounts_are_refused(engine: DockerEngine) -> None:
     with pytest.raises(InvalidArgument, match="A=B"):
         engine.run_argv("n", DockerRun("img", "job", env={"A=B": "1"}))

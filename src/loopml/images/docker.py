@@ -39,6 +39,9 @@ HOME_LABEL = "loopml.home"
 KIND_LABEL = "loopml.kind"
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
 _ENV_NAME = re.compile(r"^[^=\s\x00]+\Z")
+# A Docker image reference: [host[:port]/]path[:tag][@digest]. Never starting with '-' (the
+# docker CLI would take it for an option, e.g. --privileged).
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(?:@sha256:[a-f0-9]{64})?\Z")
 # What the docker CLI itself needs from the server's environment (never the containers' env).
 _CLIENT_VARS = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
 
@@ -47,6 +50,15 @@ def check_engine_name(name: str) -> str:
     if name not in ENGINES:
         raise InvalidArgument(f"LOOPML_CONTAINER_ENGINE must be one of {', '.join(ENGINES)}, not {name!r}.")
     return name
+
+
+def check_image_ref(image: str) -> str:
+    """An image reference docker will read as an image (InvalidArgument otherwise)."""
+    if not isinstance(image, str) or len(image) > 512 or not _IMAGE_RE.match(image):
+        raise InvalidArgument(
+            f"Image reference {image!r} is not a Docker image name ([HOST/]NAME[:TAG][@sha256:DIGEST])."
+        )
+    return image
 
 
 def home_hash(home: Path) -> str:
@@ -137,6 +149,7 @@ class DockerEngine:
     def run_argv(self, name: str, run: DockerRun) -> list[str]:
         """The exact `docker run` command line for a container (Vertex command/args semantics:
         command replaces ENTRYPOINT and drops CMD; args alone replace CMD)."""
+        check_image_ref(run.image)
         argv = [self.binary(), "run", "--rm", "--name", name, "--network", "host"]
         argv += ["--label", self.label, "--label", f"{KIND_LABEL}={run.kind}"]
         for key, value in run.env.items():

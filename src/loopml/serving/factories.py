@@ -189,10 +189,11 @@ class FactoryMixin:
         """Replicas run by the Docker engine: `docker run` with the same AIP_* contract, the
         emulator variables (host network: the server's 127.0.0.1 URL works) and the local copy
         of the model's artifacts mounted read-only at its own path."""
-        from loopml.images.docker import DockerRun
+        from loopml.images.docker import DockerRun, check_image_ref
         from loopml.serving.docker_replica import DockerContainerReplica
         from loopml.training.contract import emulator_env
 
+        check_image_ref(str((spec.container_spec or {}).get("imageUri")))
         docker.check()  # a 400 naming `docker info`'s error when the engine is not reachable
         cs = spec.container_spec or {}
         prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"

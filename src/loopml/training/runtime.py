@@ -97,6 +97,9 @@ class RuntimeResolver:
             return
         engine = self._docker_for(pool.image_uri)
         if engine is not None:
+            from loopml.images.docker import check_image_ref
+
+            check_image_ref(pool.image_uri)
             engine.check()  # a 400 naming `docker info`'s error when the engine is not reachable
             return
         if self.image_runtime(pool.image_uri) is None:
