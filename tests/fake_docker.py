@@ -14,6 +14,7 @@ It implements the few commands loopml uses, strictly enough that a wrong command
   killed). Each container is `<state>/containers/<name>.json` (gone on exit with --rm), and every
   event is appended to `<state>/events.jsonl`.
 - `stop [-t N] NAME`, `kill NAME`, `rm [-f] NAME`, `ps [-a] [--filter label=K=V] [--format {{.Names}}]`.
+- `build -t TAG [-f FILE] [--build-arg K=V] CONTEXT`: a tiny subset (see `cmd_build`).
 """
 
 from __future__ import annotations
@@ -323,12 +324,62 @@ def cmd_ps(args: list[str]) -> None:
         print(name)
 
 
+def cmd_build(args: list[str]) -> None:
+    """`build -t TAG... [-f FILE] [--build-arg K=V...] CONTEXT`: registers TAG as an image whose
+    process runs in CONTEXT with the Dockerfile's exec-form ENTRYPOINT/CMD and its `ENV K=V`
+    (`python`/`python3` stand for this interpreter). Any other instruction but FROM, WORKDIR,
+    COPY, EXPOSE and ARG is refused, so a test cannot rely on more than that."""
+    tags, dockerfile, rest = [], None, []
+    i = 0
+    while i < len(args):
+        if args[i] == "-t":
+            tags.append(args[i + 1])
+            i += 2
+        elif args[i] == "-f":
+            dockerfile = args[i + 1]
+            i += 2
+        elif args[i] == "--build-arg":
+            if "=" not in args[i + 1]:
+                _die(f"invalid --build-arg {args[i + 1]!r}")
+            i += 2
+        elif args[i].startswith("-"):
+            _die(f"unknown flag: {args[i]}")
+        else:
+            rest.append(args[i])
+            i += 1
+    if len(rest) != 1 or not tags:
+        _die('"docker build" requires exactly 1 argument and at least one -t')
+    context = Path(rest[0]).resolve()
+    spec: dict[str, Any] = {"workdir": str(context), "env": {}}
+    for line in Path(dockerfile or context / "Dockerfile").read_text().splitlines():
+        word, _, value = line.strip().partition(" ")
+        word = word.upper()
+        if word in ("ENTRYPOINT", "CMD"):
+            argv = json.loads(value)
+            if argv and argv[0] in ("python", "python3"):
+                argv[0] = sys.executable
+            spec[word.lower()] = argv
+        elif word == "ENV":
+            for item in value.split():
+                key, _, val = item.partition("=")
+                spec["env"][key] = val
+        elif word and not word.startswith("#") and word not in ("FROM", "WORKDIR", "COPY", "EXPOSE", "ARG"):
+            _die(f"this fake engine cannot build {word}")
+    with _locked():
+        images = json.loads(IMAGES.read_text())
+        for tag in tags:
+            images[tag] = spec
+        IMAGES.write_text(json.dumps(images))
+    _event(event="build", tags=tags, context=str(context))
+    print(f"Successfully tagged {tags[0]}")
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not args:
         _die("usage: docker COMMAND")
     commands = {"info": cmd_info, "run": cmd_run, "stop": cmd_stop, "kill": cmd_kill}
-    commands.update({"rm": cmd_rm, "ps": cmd_ps})
+    commands.update({"rm": cmd_rm, "ps": cmd_ps, "build": cmd_build})
     if args[0] not in commands:
         _die(f"docker: '{args[0]}' is not a docker command (in this fake).")
     commands[args[0]](args[1:])

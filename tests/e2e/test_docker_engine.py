@@ -169,6 +169,36 @@ def test_job_on_a_docker_image_writes_its_model(srv: ServerProcess, docker: dict
     assert name not in fake_docker.containers(docker["state"])
 
 
+def test_image_built_with_engine_docker_runs_as_a_job(
+    srv: ServerProcess, docker: dict[str, Path], tmp_path: Path
+) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "trainer.py").write_text(TRAINER)
+    (ctx / "Dockerfile").write_text(
+        'FROM python:3.11-slim\nWORKDIR /app\nCOPY trainer.py .\nENTRYPOINT ["python", "trainer.py"]\n'
+    )
+    env = dict(os.environ, LOOPML_HOME=str(srv.home), PATH=f"{docker['bin']}:{os.environ['PATH']}")
+    tag = "us-central1-docker.pkg.dev/p/repo/built:v1"
+    built = subprocess.run(
+        [sys.executable, "-m", "loopml", "images", "build", "--engine", "docker", "-t", tag, str(ctx)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    assert "LOOPML_CONTAINER_ENGINE=docker" in built.stderr
+    assert [e for e in fake_docker.events(docker["state"]) if e["event"] == "build"][-1]["tags"] == [tag]
+    body = _job_body("dk-built", ["ok"], image=tag)
+    r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    done = _wait_state(srv, r.json(), {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"})
+    assert done["state"] == "JOB_STATE_SUCCEEDED", done
+    written = srv.home / "buckets" / "dk-bucket" / "dk-built" / "model" / "env.json"
+    assert json.loads(written.read_text())["CLOUD_ML_JOB_ID"] == done["name"].rsplit("/", 1)[1]
+
+
 def test_failing_docker_job_is_failed_with_its_log_tail(srv: ServerProcess, docker: dict[str, Path]) -> None:
     job = _job(srv, "dk-fail", ["fail"])
     done = _wait_state(srv, job, {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"})
