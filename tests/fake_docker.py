@@ -5,14 +5,15 @@ It implements the few commands loopml uses, strictly enough that a wrong command
 
 - `info`: fails like a real CLI without a daemon when `<state>/daemon-down` exists.
 - `run`: accepts only `--rm`, `--name N` (required here, unique among existing containers),
-  `--network host`, `--label K=V`, `-e K=V` (the value form only), `-v /abs:/abs[:ro]` (the host
-  path must exist), `--entrypoint X`; then IMAGE and arguments. IMAGE must be in the images file
+  `--network host`, `--label K=V`, `-e K=V` or `-e NAME` (as docker: the value is taken from the
+  CLI's own environment, and a name that is not set there is left out), `-v /abs:/abs[:ro]` (the
+  host path must exist), `--entrypoint X`; then IMAGE and arguments. IMAGE must be in the images file
   (`{"image": {"entrypoint": [...], "cmd": [...], "env": {...}, "workdir": "/abs"}}`), else it
   fails as a pull would (exit 125). The "container" is the image's process started with the
   image env plus the `-e` values only (none of the client's environment), in its own session;
   `docker run` waits for it, forwards SIGTERM/SIGINT, and exits with its code (128+signal when
   killed). Each container is `<state>/containers/<name>.json` (gone on exit with --rm), and every
-  event is appended to `<state>/events.jsonl`.
+  event is appended to `<state>/events.jsonl` (a run's with the CLI's whole command line, `cli`).
 - `stop [-t N] NAME`, `kill NAME`, `rm [-f] NAME`, `ps [-a] [--filter label=K=V] [--format {{.Names}}]`.
 - `build -t TAG [-f FILE] [--build-arg K=V] CONTEXT`: a tiny subset (see `cmd_build`).
 """
@@ -158,9 +159,12 @@ def cmd_run(args: list[str]) -> None:
             labels[key] = val
         elif flag == "-e":
             key, sep, val = value.partition("=")
-            if not sep or not key:
-                _die(f"invalid -e {value!r}: loopml must give K=V")
-            env[key] = val
+            if not key or any(c.isspace() or c == "\0" for c in key):
+                _die(f"invalid environment variable: {value!r}")
+            if sep:
+                env[key] = val
+            elif key in os.environ:  # `-e NAME`: the value of NAME in the CLI's own environment
+                env[key] = os.environ[key]
         elif flag == "-v":
             parts = value.split(":")
             if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
@@ -214,7 +218,16 @@ def cmd_run(args: list[str]) -> None:
             "rm": rm,
         }
         _path(name).write_text(json.dumps(record))
-    _event(event="run", name=name, image=image, argv=argv, labels=labels, mounts=mounts)
+    _event(
+        event="run",
+        name=name,
+        image=image,
+        argv=argv,
+        labels=labels,
+        mounts=mounts,
+        cli=sys.argv[1:],
+        env=env,
+    )
 
     def forward(sig: int, _frame: Any) -> None:
         _signal(child.pid, sig)

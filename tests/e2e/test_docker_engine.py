@@ -75,6 +75,8 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["AIP_HTTP_PORT"])), Handler).se
 
 TRAINER_IMAGE = "registry.example.com/team/trainer:1"
 SERVER_IMAGE = "registry.example.com/team/echo:1"
+CRASH_IMAGE = "registry.example.com/team/crash:1"
+SECRET = "tok-9f8e7d6c5b4a-do-not-log"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,9 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     images = {
         TRAINER_IMAGE: {"entrypoint": [sys.executable, str(root / "trainer.py")], "cmd": ["ok"]},
         SERVER_IMAGE: {"cmd": [sys.executable, str(root / "server.py")], "env": {"GREETING": "from-image"}},
+        CRASH_IMAGE: {
+            "cmd": [sys.executable, "-c", "import sys; print('model server crashed'); sys.exit(4)"]
+        },
     }
     exe = fake_docker.install(root / "bin", root / "state", images)
     return {"bin": exe.parent, "state": root / "state", "exe": exe}
@@ -206,6 +211,48 @@ def test_failing_docker_job_is_failed_with_its_log_tail(srv: ServerProcess, dock
     message = done["error"]["message"]
     assert "non-zero status of 3" in message and "learning rate must be positive" in message
     assert fake_docker.containers(docker["state"]) == {}
+
+
+def test_env_values_are_in_no_log_error_or_command_line(srv: ServerProcess, docker: dict[str, Path]) -> None:
+    body = _job_body("dk-secret", ["fail"])
+    body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["env"].append({"name": "API_KEY", "value": SECRET})
+    r = httpx.post(f"{srv.url}/v1/{PARENT}/customJobs", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    done = _wait_state(srv, r.json(), {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED"})
+    assert done["state"] == "JOB_STATE_FAILED" and "learning rate" in done["error"]["message"]
+    assert SECRET not in json.dumps(done["error"])  # (the jobSpec echoes env, as on Vertex)
+    job_id = done["name"].rsplit("/", 1)[1]
+    log = (srv.home / "logs" / "jobs" / f"{job_id}.log").read_text()
+    assert "-e API_KEY" in log and SECRET not in log
+    run = _runs(docker["state"], next(iter(_container_names(docker["state"], job_id))))[0]
+    assert run["env"]["API_KEY"] == SECRET  # the container got it, by name
+    assert SECRET not in json.dumps(run["cli"]) and "API_KEY" in run["cli"]
+
+    # a deploy whose container exits: the error quotes the replica log, which has no value
+    model = {
+        "displayName": "dk-crash",
+        "containerSpec": {"imageUri": CRASH_IMAGE, "env": [{"name": "API_KEY", "value": SECRET}]},
+    }
+    call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": "dk-crash"})
+    ep = create_endpoint(srv.url, "dk-crash-ep")
+    deploy = {"deployedModel": {"model": f"{PARENT}/models/dk-crash"}, "trafficSplit": {"0": 100}}
+    r = httpx.post(f"{srv.url}/v1/{ep}:deployModel", json=deploy, timeout=60)
+    assert r.status_code == 200, r.text
+    op = r.json()
+    if not op.get("done"):
+        op = wait_for(lambda: (o := call(srv.url, "GET", r.json()["name"])).get("done") and o)
+    assert op["error"]["code"] == 9, op
+    text = json.dumps(op)
+    assert "model server crashed" in text and SECRET not in text
+    crash = [e for e in fake_docker.events(docker["state"]) if e.get("image") == CRASH_IMAGE]
+    assert crash and crash[0]["env"]["API_KEY"] == SECRET and SECRET not in json.dumps(crash[0]["cli"])
+    logs = "".join(p.read_text() for p in (srv.home / "logs" / "replicas").glob("*.log"))
+    assert "-e API_KEY" in logs and SECRET not in logs
+    assert SECRET not in srv.tail(400)
+
+
+def _container_names(state: Path, ident: str) -> set[str]:
+    return {e["name"] for e in fake_docker.events(state) if e.get("name", "").endswith(f"-{ident}")}
 
 
 def test_cancel_stops_the_container(srv: ServerProcess, docker: dict[str, Path]) -> None:

@@ -47,11 +47,11 @@ def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_pat
         "--label",
         "loopml.kind=job",
         "-e",
-        "AIP_MODEL_DIR=gs://b/out/model/",
+        "AIP_MODEL_DIR",
         "-e",
-        "EMPTY=",
+        "EMPTY",
         "-e",
-        "SPACED=a b=c",
+        "SPACED",
         "-v",
         "/srv/buckets:/gcs",
         "-v",
@@ -64,6 +64,28 @@ def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_pat
         "--epochs",
         "3",
     ]
+
+
+def test_env_values_travel_in_the_cli_environment_never_on_the_command_line(engine: DockerEngine) -> None:
+    secret = "s3cr3t-value-for-the-test"
+    env = {
+        "API_KEY": secret,
+        "EMPTY": "",
+        "HOME": "/root",
+        "DOCKER_HOST_IN_CONTAINER": "x",
+        "https_proxy": "p",
+    }
+    command = engine.run_command("n", DockerRun("img:1", "job", env=env))
+    assert secret not in " ".join(command.argv) and secret not in command.shown
+    assert command.argv[command.argv.index("API_KEY") - 1] == "-e"
+    assert command.env["API_KEY"] == secret and command.env["EMPTY"] == ""
+    # names the docker CLI reads itself keep the value form (its own HOME/DOCKER_*/proxy stay)
+    assert "HOME=/root" in command.argv and "DOCKER_HOST_IN_CONTAINER=x" in command.argv
+    assert "https_proxy=p" in command.argv
+    assert command.env.get("HOME") == DockerEngine.client_env().get("HOME")
+    assert "DOCKER_HOST_IN_CONTAINER" not in command.env and "https_proxy" not in command.env
+    # the log line names every variable, with no value
+    assert "-e HOME " in command.shown and "/root" not in command.shown and "=p" not in command.shown
 
 
 def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:

@@ -6,7 +6,11 @@ Vertex image (for example one built with `loopml images build --engine docker`, 
 Docker) is run by the docker CLI instead:
 
     docker run --rm --name loopml-<kind>-<id> --network host --label loopml.home=<hash>
-        [-e K=V ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
+        [-e NAME ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
+
+The container's variables are passed by name only (`-e NAME`): their values are in the
+environment of the `docker run` process, where the docker CLI reads them, so they never appear
+on a command line (`ps`), in a log or in an error message.
 
 The container shares the host's network, so `AIP_HTTP_PORT` is a port chosen free on the host
 and the emulator variables that point at the server's `127.0.0.1` URL work unchanged. The
@@ -44,6 +48,17 @@ _ENV_NAME = re.compile(r"^[^=\s\x00]+\Z")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(?:@sha256:[a-f0-9]{64})?\Z")
 # What the docker CLI itself needs from the server's environment (never the containers' env).
 _CLIENT_VARS = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
+# Variables the docker CLI (a Go program) reads itself besides those: a container variable of
+# such a name cannot travel in the CLI's environment and is passed as `-e K=V` instead.
+_CLIENT_READS = frozenset(
+    {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSH_AUTH_SOCK"}
+    | {"GODEBUG", "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK"}
+)
+
+
+def _read_by_client(name: str) -> bool:
+    upper = name.upper()
+    return name in _CLIENT_VARS or upper.startswith("DOCKER_") or upper in _CLIENT_READS
 
 
 def check_engine_name(name: str) -> str:
@@ -81,6 +96,16 @@ class DockerRun:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # host, container, read-only
+
+
+@dataclass
+class DockerCommand:
+    """A `docker run` to start: its argv, the docker CLI's environment (which holds the values
+    of the container variables passed by name), and the command line as logs show it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    shown: str
 
 
 class DockerEngine:
@@ -146,27 +171,45 @@ class DockerEngine:
             self._checked_at = time.monotonic()
 
     # -- run -----------------------------------------------------------------------------------
-    def run_argv(self, name: str, run: DockerRun) -> list[str]:
+    def run_command(self, name: str, run: DockerRun) -> DockerCommand:
         """The exact `docker run` command line for a container (Vertex command/args semantics:
-        command replaces ENTRYPOINT and drops CMD; args alone replace CMD)."""
+        command replaces ENTRYPOINT and drops CMD; args alone replace CMD) and the environment
+        to run it in. Container variables are passed by name (`-e NAME`), their values in the
+        CLI's environment; only a name the CLI reads itself (DOCKER_*, HOME, proxies…) is passed
+        as `-e NAME=VALUE`. `shown` (for logs) has the variable names only."""
         check_image_ref(run.image)
         argv = [self.binary(), "run", "--rm", "--name", name, "--network", "host"]
         argv += ["--label", self.label, "--label", f"{KIND_LABEL}={run.kind}"]
+        shown = list(argv)
+        env = self.client_env()
+        by_name: dict[str, str] = {}
         for key, value in run.env.items():
             if not _ENV_NAME.match(key):
                 raise InvalidArgument(f"Environment variable name {key!r} cannot be passed to a container.")
-            argv += ["-e", f"{key}={value}"]
+            if _read_by_client(key):
+                argv += ["-e", f"{key}={value}"]
+            else:
+                argv += ["-e", key]
+                by_name[key] = str(value)
+            shown += ["-e", key]
+        env.update(by_name)
+        rest: list[str] = []
         for host, target, read_only in run.mounts:
             if not os.path.isabs(host) or not os.path.isabs(target) or ":" in host + target:
                 raise InvalidArgument(f"Cannot mount {host!r} at {target!r}: absolute paths without ':'.")
-            argv += ["-v", f"{host}:{target}" + (":ro" if read_only else "")]
+            rest += ["-v", f"{host}:{target}" + (":ro" if read_only else "")]
         tail: list[str]
         if run.command:
-            argv += ["--entrypoint", run.command[0]]
+            rest += ["--entrypoint", run.command[0]]
             tail = [*run.command[1:], *run.args]
         else:
             tail = list(run.args)
-        return [*argv, run.image, *tail]
+        rest += [run.image, *tail]
+        return DockerCommand(argv=[*argv, *rest], env=env, shown=" ".join([*shown, *rest]))
+
+    def run_argv(self, name: str, run: DockerRun) -> list[str]:
+        """`run_command(name, run).argv`."""
+        return self.run_command(name, run).argv
 
     # -- stop and clean up -------------------------------------------------------------------
     def stop(self, name: str, timeout_s: float = 5.0) -> None:

@@ -54,9 +54,10 @@ class DockerContainerReplica(ContainerReplica):
         # `argv` is command + args with a taken declared port rewritten (same length).
         n = len(self.run.command)
         run = dataclasses.replace(self.run, command=argv[:n], args=argv[n:], env=env_for_container(env))
-        docker_argv = self.engine.run_argv(self.container, run)
+        command = self.engine.run_command(self.container, run)
         self.engine.remove(self.container)  # one left by a run that died with its docker client
-        self._spawn(docker_argv, self.engine.client_env(), None)
+        # the container's variables travel in the CLI's environment; the log shows names only
+        self._spawn(command.argv, command.env, None, shown=command.shown)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.state = "stopped"

@@ -165,11 +165,15 @@ class Replica:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _spawn(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], cwd: Path | None = None, *, shown: str | None = None
+    ) -> None:
+        """Start the process; the log's first line is `shown` (default: the argv)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            out.write(f"--- {stamp} starting replica {self.replica_id}: {' '.join(argv)}\n".encode())
+            shown = " ".join(argv) if shown is None else shown
+            out.write(f"--- {stamp} starting replica {self.replica_id}: {shown}\n".encode())
             out.flush()
             try:
                 popen: Any = self.spawner.popen if self.spawner is not None else subprocess.Popen

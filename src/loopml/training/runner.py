@@ -266,15 +266,17 @@ class JobRunner:
             )
             cwd = launch.cwd or self.logs_dir.parent.parent / "jobs" / job_id
             cwd.mkdir(parents=True, exist_ok=True)
-            argv, proc_env = launch.argv, env
+            argv, proc_env, shown = launch.argv, env, " ".join(launch.argv)
             if launch.docker is not None:
                 try:
-                    argv, proc_env = self._docker_argv(launch, job_id, act, spec, project, location, data_env)
+                    argv, proc_env, shown = self._docker_argv(
+                        launch, job_id, act, spec, project, location, data_env
+                    )
                 except LoopmlError as exc:
                     logf.write(f"[loopml] preparing the container failed: {exc.message}\n")
                     self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the job failed: {exc.message}")
                     return
-            logf.write(f"[loopml] starting workerpool0-0: {' '.join(argv)} (cwd {cwd})\n")
+            logf.write(f"[loopml] starting workerpool0-0: {shown} (cwd {cwd})\n")
             self.store.update(pk, start_time=now())  # a launch attempt: recovery fails it, never reruns it
             try:
                 proc = subprocess.Popen(
@@ -317,8 +319,9 @@ class JobRunner:
         project: str,
         location: str,
         data: dict[str, str],
-    ) -> tuple[list[str], dict[str, str]]:
-        """`docker run …` for a job on a Docker image, and the docker CLI's own environment.
+    ) -> tuple[list[str], dict[str, str], str]:
+        """`docker run …` for a job on a Docker image, the docker CLI's environment (with the
+        values of the container variables, passed by name) and the command line for the log.
 
         The container gets the same contract variables as a host process (AIP_*, CLOUD_ML_*,
         the emulator variables, containerSpec.env), but none of the host's PATH/HOME; the
@@ -347,10 +350,10 @@ class JobRunner:
         engine = launch.engine
         name = container_name("job", job_id)
         run = dataclasses.replace(launch.docker, env=env_for_container(env))
-        argv = list(engine.run_argv(name, run))
+        command = engine.run_command(name, run)
         engine.remove(name)  # a container of that name left by an earlier attempt
         act.container = (engine, name)
-        return argv, dict(engine.client_env())
+        return list(command.argv), dict(command.env), command.shown
 
     def _publish_outputs(
         self, base_output_dir: str, outcome: tuple[str, int, str], logf: TextIO
