@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from loopml.images.docker import home_hash
 from tests import fake_docker
 from tests.conftest import ServerProcess, free_port
 from tests.e2e.serving_helpers import PARENT, call, create_endpoint, wait_for
@@ -163,7 +164,7 @@ def test_job_on_a_docker_image_writes_its_model(srv: ServerProcess, docker: dict
     assert env["LOOPML_GCS_ROOT"] == "/gcs"
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # the image's, not the host's
     assert "VIRTUAL_ENV" not in env and "LOOPML_HOME" not in env
-    name = f"loopml-job-{job_id}"
+    name = _cname(srv, "job", job_id)
     run = _runs(docker["state"], name)[0]
     assert run["event"] == "run" and run["image"] == TRAINER_IMAGE
     assert run["argv"][-1] == "ok"  # the image's ENTRYPOINT + CMD
@@ -224,7 +225,7 @@ def test_env_values_are_in_no_log_error_or_command_line(srv: ServerProcess, dock
     job_id = done["name"].rsplit("/", 1)[1]
     log = (srv.home / "logs" / "jobs" / f"{job_id}.log").read_text()
     assert "-e API_KEY" in log and SECRET not in log
-    run = _runs(docker["state"], next(iter(_container_names(docker["state"], job_id))))[0]
+    run = _runs(docker["state"], _cname(srv, "job", job_id))[0]
     assert run["env"]["API_KEY"] == SECRET  # the container got it, by name
     assert SECRET not in json.dumps(run["cli"]) and "API_KEY" in run["cli"]
 
@@ -251,14 +252,15 @@ def test_env_values_are_in_no_log_error_or_command_line(srv: ServerProcess, dock
     assert SECRET not in srv.tail(400)
 
 
-def _container_names(state: Path, ident: str) -> set[str]:
-    return {e["name"] for e in fake_docker.events(state) if e.get("name", "").endswith(f"-{ident}")}
+def _cname(srv: ServerProcess, kind: str, ident: str) -> str:
+    """The container name: `loopml-<kind>-<hash of the home, 12 chars>-<id>`."""
+    return f"loopml-{kind}-{home_hash(srv.home)[:12]}-{ident}"
 
 
 def test_cancel_stops_the_container(srv: ServerProcess, docker: dict[str, Path]) -> None:
     job = _job(srv, "dk-sleep", ["sleep"])
     _wait_state(srv, job, {"JOB_STATE_RUNNING"})
-    name = f"loopml-job-{job['name'].rsplit('/', 1)[1]}"
+    name = _cname(srv, "job", job["name"].rsplit("/", 1)[1])
     record = wait_for(lambda: fake_docker.containers(docker["state"]).get(name), timeout=30)
     assert psutil.pid_exists(record["pid"])
     call(srv.url, "POST", f"{job['name']}:cancel", json={})
@@ -273,7 +275,7 @@ def test_timeout_stops_the_container(srv: ServerProcess, docker: dict[str, Path]
     job = _job(srv, "dk-timeout", ["sleep"], scheduling={"timeout": "2s"})
     done = _wait_state(srv, job, {"JOB_STATE_CANCELLED", "JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED"})
     assert done["state"] == "JOB_STATE_FAILED" and "timed out" in done["error"]["message"]
-    name = f"loopml-job-{job['name'].rsplit('/', 1)[1]}"
+    name = _cname(srv, "job", job["name"].rsplit("/", 1)[1])
     assert "stop" in [e["event"] for e in _runs(docker["state"], name)]
     assert name not in fake_docker.containers(docker["state"])
 
@@ -311,7 +313,7 @@ def _deploy_echo(srv: ServerProcess, model_id: str, endpoint_id: str) -> tuple[s
 
 def test_serving_on_a_docker_image(srv: ServerProcess, docker: dict[str, Path]) -> None:
     ep, dm_id = _deploy_echo(srv, "dk-echo", "dk-echo-ep")
-    name = f"loopml-replica-{dm_id}-r0"
+    name = _cname(srv, "replica", f"{dm_id}-r0")
     r = httpx.post(f"{srv.url}/v1/{ep}:predict", json={"instances": [[1, 2], [3, 4]]}, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -385,7 +387,7 @@ def test_server_stop_and_kill_leave_no_container(server_factory: Any, docker: di
     job = _job(srv, "dk-long", ["sleep"])
     _wait_state(srv, job, {"JOB_STATE_RUNNING"})
     _ep, dm_id = _deploy_echo(srv, "dk-stop", "dk-stop-ep")
-    names = {f"loopml-job-{job['name'].rsplit('/', 1)[1]}", f"loopml-replica-{dm_id}-r0"}
+    names = {_cname(srv, "job", job["name"].rsplit("/", 1)[1]), _cname(srv, "replica", f"{dm_id}-r0")}
     wait_for(lambda: names <= set(fake_docker.containers(docker["state"])), timeout=30)
     srv.stop()
     assert not names & set(fake_docker.containers(docker["state"]))
@@ -393,7 +395,7 @@ def test_server_stop_and_kill_leave_no_container(server_factory: Any, docker: di
     # SIGKILL: the docker clients die with the server, the containers do not (as with a real
     # engine); the next server of this home removes them before it replays the deployment.
     srv.start()
-    replica = f"loopml-replica-{dm_id}-r0"
+    replica = _cname(srv, "replica", f"{dm_id}-r0")
     first = wait_for(lambda: fake_docker.containers(docker["state"]).get(replica), timeout=60)
     srv.kill()
     time.sleep(0.5)

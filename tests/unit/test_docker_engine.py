@@ -15,6 +15,7 @@ from loopml.images.docker import (
     env_for_container,
     home_hash,
 )
+from loopml.serving.docker_replica import DockerContainerReplica
 from tests import fake_docker
 
 
@@ -122,6 +123,8 @@ def test_bad_env_names_and_mounts_are_refused(engine: DockerEngine) -> None:
 def test_names_labels_and_container_env() -> None:
     assert container_name("replica", "123-r0") == "loopml-replica-123-r0"
     assert container_name("job", "a/b c") == "loopml-job-a-b-c"
+    home = Path("/x/home")
+    assert DockerEngine(home).name("replica", "1-r0") == f"loopml-replica-{home_hash(home)[:12]}-1-r0"
     assert home_hash(Path("/x/home")) == home_hash(Path("/x/home/"))
     assert home_hash(Path("/x/home")) != home_hash(Path("/x/other"))
     assert env_for_container({"PATH": "/h", "A": "1", "B": "2"}, drop=["B"]) == {"A": "1"}
@@ -173,4 +176,59 @@ def test_leftovers_are_removed_by_label_only(engine: DockerEngine, tmp_path: Pat
     finally:
         engine.stop("other", 1)
         other.wait(timeout=10)
+    assert fake_docker.containers(state) == {}
+
+
+ECHO = """
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["AIP_HTTP_PORT"])), H).serve_forever()
+"""
+
+
+def _replica(engine: DockerEngine, log_dir: Path, image: str, rid: str = "1-r0") -> DockerContainerReplica:
+    return DockerContainerReplica(
+        rid,
+        log_dir / f"{rid}.log",
+        20.0,
+        engine=engine,
+        run=DockerRun(image, "replica"),
+        env={"AIP_HEALTH_ROUTE": "/health"},
+        predict_route="/predict",
+        health_route="/health",
+        meta={"deployedModelId": "1"},
+    )
+
+
+def test_two_homes_with_the_same_deployed_model_id_keep_their_containers(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "echo.py").write_text(ECHO)
+    state = tmp_path / "state"
+    exe = fake_docker.install(
+        tmp_path / "bin", state, {"echo:1": {"cmd": [sys.executable, str(tmp_path / "echo.py")]}}
+    )
+    a = _replica(DockerEngine(tmp_path / "home-a", binary=str(exe)), tmp_path / "a", "echo:1")
+    b = _replica(DockerEngine(tmp_path / "home-b", binary=str(exe)), tmp_path / "b", "echo:1")
+    try:
+        a.start()
+        b.start()  # removes a leftover of *its* name first: never home A's container
+        assert a.alive() and b.alive() and a.check_health() and b.check_health()
+        assert a.container != b.container
+        assert set(fake_docker.containers(state)) == {a.container, b.container}
+        assert not [e for e in fake_docker.events(state) if e["event"] == "rm" and e["name"] == a.container]
+    finally:
+        a.stop(1.0)
+        b.stop(1.0)
     assert fake_docker.containers(state) == {}

@@ -5,7 +5,7 @@ With the default engine (`loopml`) every image runs as a host process (`ImageRun
 Vertex image (for example one built with `loopml images build --engine docker`, or pulled into
 Docker) is run by the docker CLI instead:
 
-    docker run --rm --name loopml-<kind>-<id> --network host --label loopml.home=<hash>
+    docker run --rm --name loopml-<kind>-<hash>-<id> --network host --label loopml.home=<hash>
         [-e NAME ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
 
 The container's variables are passed by name only (`-e NAME`): their values are in the
@@ -121,6 +121,11 @@ class DockerEngine:
     @property
     def label(self) -> str:
         return f"{HOME_LABEL}={self.label_value}"
+
+    def name(self, kind: str, ident: str) -> str:
+        """`loopml-<kind>-<home hash[:12]>-<id>`: the home is in the name, so two servers (two
+        LOOPML_HOMEs) on one engine never take, or `docker rm -f`, each other's containers."""
+        return container_name(kind, f"{self.label_value[:12]}-{ident}")
 
     # -- the CLI -------------------------------------------------------------------------------
     def binary(self) -> str:

@@ -2,7 +2,7 @@
 
 Everything but the start and the stop is `ContainerReplica`'s: the port (free on the host, as
 the container shares the host's network), the health checks, forwarding, restarts. The process
-the replica supervises is `docker run --rm --name loopml-replica-<id> …`; its output goes to the
+the replica supervises is `docker run --rm --name loopml-replica-<home hash>-<id> …`; its output goes to the
 replica's log. Stopping runs `docker stop` and `docker rm -f` by name, so an undeploy, a restart
 or a server stop never leaves the container running.
 """
@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from loopml.images.docker import DockerEngine, DockerRun, container_name, env_for_container
+from loopml.images.docker import DockerEngine, DockerRun, env_for_container
 from loopml.serving.containers import ContainerReplica
 
 
@@ -48,7 +48,7 @@ class DockerContainerReplica(ContainerReplica):
         )
         self.engine = engine
         self.run = run
-        self.container = container_name("replica", replica_id)
+        self.container = engine.name("replica", replica_id)
 
     def _launch(self, argv: list[str], env: dict[str, str]) -> None:
         # `argv` is command + args with a taken declared port rewritten (same length).

@@ -329,7 +329,7 @@ class JobRunner:
         """
         import dataclasses
 
-        from loopml.images.docker import container_name, env_for_container
+        from loopml.images.docker import env_for_container
 
         extra = dict(self.extra_env() if self.extra_env else {})
         extra.pop("LOOPML_GCS_MOUNT", None)
@@ -348,7 +348,7 @@ class JobRunner:
             extra=extra,
         )
         engine = launch.engine
-        name = container_name("job", job_id)
+        name = engine.name("job", job_id)
         run = dataclasses.replace(launch.docker, env=env_for_container(env))
         command = engine.run_command(name, run)
         engine.remove(name)  # a container of that name left by an earlier attempt
