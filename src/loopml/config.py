@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     container_engine: str = "loopml"
     """How custom jobs and serving containers run images: "loopml" (host processes) or "docker"
     (images not in loopml's catalog run with `docker run`; see docs/images.md)."""
+    docker_user: str | None = None
+    """`docker run --user` for Docker job containers: unset = the server's own uid:gid (files
+    they write under /gcs stay the server's); "" = the image's user (often root); or USER[:GROUP]."""
 
     # -- batch prediction / request logging (BATCH) -----------------------------------------
     batch_chunk_rows: int = 1_048_576
