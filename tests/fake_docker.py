@@ -5,7 +5,7 @@ It implements the few commands loopml uses, strictly enough that a wrong command
 
 - `info`: fails like a real CLI without a daemon when `<state>/daemon-down` exists.
 - `run`: accepts only `--rm`, `--name N` (required here, unique among existing containers),
-  `--network host`, `--label K=V`, `-e K=V` or `-e NAME` (as docker: the value is taken from the
+  `--network host`, `--label K=V`, `--user U[:G]` (recorded only), `-e K=V` or `-e NAME` (as docker: the value is taken from the
   CLI's own environment, and a name that is not set there is left out), `-v /abs:/abs[:ro]` (the
   host path must exist), `--entrypoint X`; then IMAGE and arguments. IMAGE must be in the images file
   (`{"image": {"entrypoint": [...], "cmd": [...], "env": {...}, "workdir": "/abs"}}`), else it
@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def cmd_info(args: list[str]) -> None:
 def cmd_run(args: list[str]) -> None:
     if (STATE / "daemon-down").exists():
         _die("docker: Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", 125)
-    rm, name, network, entrypoint = False, None, None, None
+    rm, name, network, entrypoint, user = False, None, None, None, None
     labels: dict[str, str] = {}
     env: dict[str, str] = {}
     mounts: list[str] = []
@@ -141,7 +142,7 @@ def cmd_run(args: list[str]) -> None:
             rm = True
             i += 1
             continue
-        if flag not in ("--name", "--network", "--label", "-e", "-v", "--entrypoint"):
+        if flag not in ("--name", "--network", "--label", "-e", "-v", "--entrypoint", "--user"):
             _die(f"unknown flag: {flag}")
         if value is None:
             _die(f"flag needs an argument: {flag}")
@@ -152,6 +153,11 @@ def cmd_run(args: list[str]) -> None:
             network = value
         elif flag == "--entrypoint":
             entrypoint = value
+        elif flag == "--user":
+            # recorded only (this fake cannot switch users): USER[:GROUP], names or ids
+            if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", value):
+                _die(f"invalid --user {value!r}")
+            user = value
         elif flag == "--label":
             key, sep, val = value.partition("=")
             if not sep or not key:
@@ -216,6 +222,7 @@ def cmd_run(args: list[str]) -> None:
             "mounts": mounts,
             "argv": argv,
             "rm": rm,
+            "user": user,
         }
         _path(name).write_text(json.dumps(record))
     _event(
@@ -227,6 +234,7 @@ def cmd_run(args: list[str]) -> None:
         mounts=mounts,
         cli=sys.argv[1:],
         env=env,
+        user=user,
     )
 
     def forward(sig: int, _frame: Any) -> None:

@@ -93,11 +93,11 @@ def build(platform: Platform) -> None:
     platform.services["envs"] = envs
     gcs_view = GcsView(platform.artifacts.buckets_dir, _settings.gcs_mount)
     platform.services["gcs"] = gcs_view
-    from loopml.images.docker import DockerEngine, check_engine_name
+    from loopml.images.docker import DockerEngine, check_engine_name, job_user
 
     docker = None
     if check_engine_name(_settings.container_engine) == "docker":
-        docker = DockerEngine(_settings.resolved_home())
+        docker = DockerEngine(_settings.resolved_home(), user=job_user(_settings.docker_user))
         # before jobs and replays start (and last on stop): no container of this home survives
         platform.on_start("docker-leftovers", docker.cleanup_hook)
         platform.on_stop("docker-leftovers", docker.cleanup_hook)

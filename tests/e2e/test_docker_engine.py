@@ -170,6 +170,7 @@ def test_job_on_a_docker_image_writes_its_model(srv: ServerProcess, docker: dict
     assert run["argv"][-1] == "ok"  # the image's ENTRYPOINT + CMD
     assert run["labels"]["loopml.kind"] == "job" and run["labels"]["loopml.home"]
     assert run["mounts"] == [f"{srv.home / 'buckets'}:/gcs"]
+    assert run["user"] == f"{os.getuid()}:{os.getgid()}"  # what it writes under /gcs stays ours
     log = (srv.home / "logs" / "jobs" / f"{job_id}.log").read_text()
     assert "model written" in log and "docker" in log
     assert name not in fake_docker.containers(docker["state"])
@@ -255,6 +256,32 @@ def test_env_values_are_in_no_log_error_or_command_line(srv: ServerProcess, dock
 def _cname(srv: ServerProcess, kind: str, ident: str) -> str:
     """The container name: `loopml-<kind>-<hash of the home, 12 chars>-<id>`."""
     return f"loopml-{kind}-{home_hash(srv.home)[:12]}-{ident}"
+
+
+def test_a_file_the_server_may_not_change_is_a_named_400(srv: ServerProcess) -> None:
+    """As a file a root container wrote under /gcs: delete and overwrite are 400s naming the
+    cause (not an unexplained 500), and work again once the file is the server's."""
+    url = f"{srv.url}/upload/storage/v1/b/dk-bucket/o?uploadType=media&name=ckpt/root-owned.bin"
+    assert httpx.post(url, content=b"v1", timeout=30).status_code == 200
+    path = srv.home / "buckets" / "dk-bucket" / "ckpt" / "root-owned.bin"
+    # root ignores modes: an immutable file refuses unlink/replace (EPERM) even to root
+    locked = ["chattr", "+i", str(path)] if os.geteuid() == 0 else ["chmod", "0555", str(path.parent)]
+    unlocked = ["chattr", "-i", str(path)] if os.geteuid() == 0 else ["chmod", "0755", str(path.parent)]
+    subprocess.run(locked, check=True)
+    try:
+        r = httpx.delete(f"{srv.url}/storage/v1/b/dk-bucket/o/ckpt%2Froot-owned.bin", timeout=30)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["status"] == "FAILED_PRECONDITION" and "no permission" in error["message"]
+        assert str(srv.home) not in error["message"]
+        r = httpx.post(url, content=b"v2", timeout=30)
+        assert r.status_code == 400 and "no permission" in r.json()["error"]["message"], r.text
+        assert path.read_bytes() == b"v1"
+    finally:
+        subprocess.run(unlocked, check=True)
+    r = httpx.delete(f"{srv.url}/storage/v1/b/dk-bucket/o/ckpt%2Froot-owned.bin", timeout=30)
+    assert r.status_code == 204, r.text
+    assert not path.exists()
 
 
 def test_cancel_stops_the_container(srv: ServerProcess, docker: dict[str, Path]) -> None:

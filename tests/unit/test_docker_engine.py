@@ -14,6 +14,7 @@ from loopml.images.docker import (
     container_name,
     env_for_container,
     home_hash,
+    job_user,
 )
 from loopml.serving.docker_replica import DockerContainerReplica
 from tests import fake_docker
@@ -87,6 +88,20 @@ def test_env_values_travel_in_the_cli_environment_never_on_the_command_line(engi
     assert "DOCKER_HOST_IN_CONTAINER" not in command.env and "https_proxy" not in command.env
     # the log line names every variable, with no value
     assert "-e HOME " in command.shown and "/root" not in command.shown and "=p" not in command.shown
+
+
+def test_job_user_setting_and_the_user_flag(engine: DockerEngine) -> None:
+    import os
+
+    assert job_user(None) == f"{os.getuid()}:{os.getgid()}"  # default: the server's own ids
+    assert job_user("") is None and job_user("  ") is None  # LOOPML_DOCKER_USER="": the image's
+    assert job_user("1000:100") == "1000:100" and job_user("trainer") == "trainer"
+    for bad in ("--privileged", "a b", "1:2:3", "x;y"):
+        with pytest.raises(InvalidArgument, match="LOOPML_DOCKER_USER"):
+            job_user(bad)
+    argv = engine.run_argv("n", DockerRun("img:1", "job", user="1000:100"))
+    assert argv[argv.index("--user") + 1] == "1000:100" and argv.index("--user") < argv.index("img:1")
+    assert "--user" not in engine.run_argv("n", DockerRun("img:1", "replica"))
 
 
 def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:

@@ -8,10 +8,12 @@ multipart, resumable) stream to disk with no size limit. See docs/storage.md.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,9 +23,10 @@ from starlette.responses import Response, StreamingResponse
 from loopml.api.app import json_response, read_json
 from loopml.api.storage_backend import Hasher, ObjectStore, validate_object_name
 from loopml.api.storage_uploads import multipart_upload, resumable_put, resumable_start
-from loopml.errors import InvalidArgument, NotFound, Unimplemented
+from loopml.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from loopml.platform import Platform
 
+log = logging.getLogger(__name__)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -71,11 +74,35 @@ def _split_object(parts: list[str]) -> tuple[str, str | None, str | None, str | 
     return "/".join(parts), None, None, None
 
 
+def _file_permissions(
+    route: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A local file the server may not change (typically written under /gcs by a Docker job
+    container running as another user, e.g. root) is a named 400, not an unexplained 500; the
+    file's path goes to the server log only."""
+
+    @functools.wraps(route)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await route(request)
+        except PermissionError as exc:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+            raise FailedPrecondition(
+                "The server has no permission to change this object's or bucket's files under its "
+                "home (permission denied). Files written through /gcs by a Docker job container "
+                'running as another user (e.g. root, LOOPML_DOCKER_USER="") belong to that user: '
+                "change their owner or remove them as that user (see docs/images.md)."
+            ) from None
+
+    return wrapper
+
+
 def install(app: FastAPI, platform: Platform) -> None:
     store = ObjectStore(platform.artifacts)
     app.state.object_store = store
 
     @app.api_route("/storage/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @_file_permissions
     async def storage_json(request: Request) -> Response:
         segs = _segments(request, "/storage/v1")
         params = _params(request)
@@ -106,6 +133,7 @@ def install(app: FastAPI, platform: Platform) -> None:
         raise NotFound(f"Not found: {method} {request.url.path} is not part of the storage API subset.")
 
     @app.api_route("/upload/storage/v1/{rest:path}", methods=["POST", "PUT", "DELETE"])
+    @_file_permissions
     async def storage_upload(request: Request) -> Response:
         segs = _segments(request, "/upload/storage/v1")
         if len(segs) != 3 or segs[0] != "b" or segs[2] != "o":

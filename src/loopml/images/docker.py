@@ -6,7 +6,7 @@ Vertex image (for example one built with `loopml images build --engine docker`, 
 Docker) is run by the docker CLI instead:
 
     docker run --rm --name loopml-<kind>-<hash>-<id> --network host --label loopml.home=<hash>
-        [-e NAME ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
+        [--user UID:GID (jobs)] [-e NAME ...] [-v HOST:CONTAINER[:ro] ...] [--entrypoint COMMAND0] IMAGE [ARGS ...]
 
 The container's variables are passed by name only (`-e NAME`): their values are in the
 environment of the `docker run` process, where the docker CLI reads them, so they never appear
@@ -47,6 +47,7 @@ _ENV_NAME = re.compile(r"^[^=\s\x00]+\Z")
 # docker CLI would take it for an option, e.g. --privileged).
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(?:@sha256:[a-f0-9]{64})?\Z")
 # What the docker CLI itself needs from the server's environment (never the containers' env).
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?\Z")
 _CLIENT_VARS = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
 # Variables the docker CLI (a Go program) reads itself besides those: a container variable of
 # such a name cannot travel in the CLI's environment and is passed as `-e K=V` instead.
@@ -76,6 +77,20 @@ def check_image_ref(image: str) -> str:
     return image
 
 
+def job_user(setting: str | None) -> str | None:
+    """`docker run --user` of job containers from LOOPML_DOCKER_USER: unset = the server's own
+    uid:gid (what a job writes under the /gcs mount stays the server's to replace or delete);
+    empty = no --user (the image's USER, often root); else USER[:GROUP] as given."""
+    if setting is None:
+        return f"{os.getuid()}:{os.getgid()}"
+    setting = setting.strip()
+    if not setting:
+        return None
+    if not _USER_RE.match(setting):
+        raise InvalidArgument(f"LOOPML_DOCKER_USER must be USER[:GROUP] (names or ids), not {setting!r}.")
+    return setting
+
+
 def home_hash(home: Path) -> str:
     """The value of the `loopml.home` label: which server home a container belongs to."""
     return hashlib.sha256(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:16]
@@ -96,6 +111,7 @@ class DockerRun:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # host, container, read-only
+    user: str | None = None  # `--user`; None: the image's USER
 
 
 @dataclass
@@ -111,8 +127,12 @@ class DockerCommand:
 class DockerEngine:
     """The docker CLI, as loopml uses it: check, run, stop, and clean up by label."""
 
-    def __init__(self, home: Path, binary: str = "docker", *, check_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self, home: Path, binary: str = "docker", *, check_ttl_s: float = 30.0, user: str | None = None
+    ) -> None:
         self.label_value = home_hash(home)
+        self.job_user = user
+        """`--user` of job containers (`job_user(LOOPML_DOCKER_USER)`); replicas run as the image says."""
         self._binary = binary
         self._check_ttl_s = check_ttl_s
         self._checked_at = 0.0
@@ -185,6 +205,10 @@ class DockerEngine:
         check_image_ref(run.image)
         argv = [self.binary(), "run", "--rm", "--name", name, "--network", "host"]
         argv += ["--label", self.label, "--label", f"{KIND_LABEL}={run.kind}"]
+        if run.user is not None:
+            if not _USER_RE.match(run.user):
+                raise InvalidArgument(f"Cannot run a container as user {run.user!r}: USER[:GROUP] expected.")
+            argv += ["--user", run.user]
         shown = list(argv)
         env = self.client_env()
         by_name: dict[str, str] = {}

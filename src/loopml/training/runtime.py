@@ -125,9 +125,13 @@ class RuntimeResolver:
             from loopml.images.docker import DockerRun
 
             engine.check()
-            # The buckets as the Vertex /gcs/ view, read-write as in a training container.
+            # The buckets as the Vertex /gcs/ view, read-write as in a training container; run as
+            # the server's uid:gid by default, so what the job writes there the server can delete.
             mounts = [(str(self.store.buckets_dir), "/gcs", False)]
-            run = DockerRun(pool.image_uri, "job", list(pool.command), list(pool.args), mounts=mounts)
+            user = getattr(engine, "job_user", None)
+            run = DockerRun(
+                pool.image_uri, "job", list(pool.command), list(pool.args), mounts=mounts, user=user
+            )
             return Launch(argv=[], cwd=None, docker=run, engine=engine)
         runtime = self.image_runtime(pool.image_uri)
         if runtime is None:
