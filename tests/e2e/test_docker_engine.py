@@ -321,7 +321,12 @@ def _deploy_echo(srv: ServerProcess, model_id: str, endpoint_id: str) -> tuple[s
     model = {
         "displayName": model_id,
         "artifactUri": f"gs://dk-bucket/{model_id}",
-        "containerSpec": {"imageUri": SERVER_IMAGE, "env": [{"name": "GREETING", "value": "hi"}]},
+        "containerSpec": {
+            "imageUri": SERVER_IMAGE,
+            "env": [{"name": "GREETING", "value": "hi"}],
+            # a port free now rather than the default 8080, which others on the host may hold
+            "ports": [{"containerPort": free_port()}],
+        },
     }
     op = call(srv.url, "POST", f"{PARENT}/models:upload", json={"model": model, "modelId": model_id})
     assert op["done"] and "error" not in op, op

@@ -247,3 +247,64 @@ def test_two_homes_with_the_same_deployed_model_id_keep_their_containers(tmp_pat
         a.stop(1.0)
         b.stop(1.0)
     assert fake_docker.containers(state) == {}
+
+
+def test_a_replica_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_path: Path) -> None:
+    """The declared port was free when chosen, but something bound it before the server did: the
+    server exits with EADDRINUSE; the replica is started once more on a new free port."""
+    import sys
+
+    from loopml.serving.containers import ContainerReplica, free_port
+
+    marker = tmp_path / "first-run-done"
+    (tmp_path / "server.py").write_text(
+        "import os, sys, pathlib\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.write_text(os.environ['AIP_HTTP_PORT'])\n"
+        "    print('OSError: [Errno 98] Address already in use', flush=True)\n"
+        "    sys.exit(1)\n" + ECHO
+    )
+    declared = free_port()
+    replica = ContainerReplica(
+        "7-r0",
+        tmp_path / "7-r0.log",
+        20.0,
+        argv=[sys.executable, str(tmp_path / "server.py"), "--port", str(declared)],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        predict_route="/predict",
+        health_route="/health",
+        meta={"deployedModelId": "7"},
+        preferred_port=declared,
+    )
+    try:
+        replica.start()
+        assert replica.state == "ready" and replica.check_health()
+        assert marker.read_text() == str(declared) and replica.port != declared
+        log = (tmp_path / "7-r0.log").read_text()
+        assert f"port {declared} was taken before the server bound it; retrying on port {replica.port}" in log
+        assert log.count("starting replica 7-r0") == 2 and f"--port {replica.port}" in log
+    finally:
+        replica.stop(1.0)
+
+
+def test_a_replica_that_fails_otherwise_is_not_retried(tmp_path: Path) -> None:
+    import sys
+
+    from loopml.serving.containers import ContainerReplica
+
+    replica = ContainerReplica(
+        "8-r0",
+        tmp_path / "8-r0.log",
+        20.0,
+        argv=[sys.executable, "-c", "print('bad config'); raise SystemExit(2)"],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        predict_route="/predict",
+        health_route="/health",
+        meta={"deployedModelId": "8"},
+    )
+    with pytest.raises(FailedPrecondition, match="exited with code 2"):
+        replica.start()
+    assert (tmp_path / "8-r0.log").read_text().count("starting replica 8-r0") == 1

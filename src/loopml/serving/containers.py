@@ -123,35 +123,68 @@ class ContainerReplica(Replica):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        import httpx
-
         # Vertex gives the first containerSpec port (default 8080); take it when it is free here,
         # else any free port. A server that ignores AIP_HTTP_PORT and listens elsewhere is found
         # by looking at the ports its process tree listens on.
         self.port = free_port(self.preferred_port)
-        env = dict(self.env, AIP_HTTP_PORT=str(self.port))
         self.state = "starting"
         self.close()
+        if self._start_at_port():
+            return
+        # The port was free when chosen but taken before the server bound it (another replica or
+        # process got there first): once more, on another free port.
+        taken = self.port
+        self.port = free_port()
+        log.warning(
+            "replica %s: port %d was taken meanwhile; retrying on %d", self.replica_id, taken, self.port
+        )
+        self._note(f"port {taken} was taken before the server bound it; retrying on port {self.port}")
+        if not self._start_at_port():
+            raise self.fail_start(self._exited_message())
+
+    def _note(self, text: str) -> None:
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as out:
+                out.write(f"--- loopml: {text}\n")
+        except OSError:
+            pass
+
+    def _exited_message(self) -> str:
+        code = self.proc.returncode if self.proc else None
+        return (
+            f"Custom container replica {self.replica_id} exited with code {code} before its "
+            f"health route {self.health_route} answered."
+        )
+
+    def _start_at_port(self) -> bool:
+        """Launch on `self.port` and wait until healthy: True. False when the process exited
+        because that port was taken (its output says "address already in use"); any other
+        failure raises (nothing left running)."""
+        import httpx
+
+        env = dict(self.env, AIP_HTTP_PORT=str(self.port))
         argv = self.argv
         if self.preferred_port and self.port != self.preferred_port:
             argv = rewrite_port(argv, self.preferred_port, self.port)
+        try:
+            offset = self.log_path.stat().st_size
+        except OSError:
+            offset = 0
         self._launch(argv, env)
         deadline = time.monotonic() + self.start_timeout
         last = "no answer yet"
         with httpx.Client(timeout=10.0) as client:
             while time.monotonic() < deadline:
                 if not self.alive():
-                    code = self.proc.returncode if self.proc else None
-                    raise self.fail_start(
-                        f"Custom container replica {self.replica_id} exited with code {code} before its "
-                        f"health route {self.health_route} answered."
-                    )
+                    if self._port_taken(offset):
+                        return False
+                    raise self.fail_start(self._exited_message())
                 try:
                     r = client.get(self.base_url + self.health_route)
                     if r.status_code == 200:
                         self.state = "ready"
                         self.info = {"port": self.port, "healthRoute": self.health_route}
-                        return
+                        return True
                     last = f"HTTP {r.status_code}"
                 except httpx.HTTPError as exc:
                     last = type(exc).__name__
@@ -171,6 +204,16 @@ class ContainerReplica(Replica):
             f"Custom container replica {self.replica_id} did not become healthy within "
             f"{self.start_timeout:.0f}s (GET {self.health_route} on port {self.port}: {last})."
         )
+
+    def _port_taken(self, offset: int) -> bool:
+        """Whether the output of this launch (the log from `offset`) reports a bind failure."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read(256 * 1024).decode(errors="replace").lower()
+        except OSError:
+            return False
+        return "address already in use" in text or "eaddrinuse" in text
 
     def _launch(self, argv: list[str], env: dict[str, str]) -> None:
         """Start the server process (a Docker replica starts `docker run` instead)."""
