@@ -3,7 +3,8 @@
 Tests install it as an executable `docker` first on PATH (`install(bin_dir, state_dir, images)`).
 It implements the few commands loopml uses, strictly enough that a wrong command line fails:
 
-- `info`: fails like a real CLI without a daemon when `<state>/daemon-down` exists.
+- `info`: fails like a real CLI without a daemon when `<state>/daemon-down` exists, and hangs
+  for a minute when `<state>/daemon-hangs` exists.
 - `run`: accepts only `--rm`, `--name N` (required here, unique among existing containers),
   `--network host`, `--label K=V`, `--user U[:G]` (recorded only), `-e K=V` or `-e NAME` (as docker: the value is taken from the
   CLI's own environment, and a name that is not set there is left out), `-v /abs:/abs[:ro]` (the
@@ -117,6 +118,9 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def cmd_info(args: list[str]) -> None:
+    _event(event="info")
+    if (STATE / "daemon-hangs").exists():
+        time.sleep(60)
     if (STATE / "daemon-down").exists():
         print("Client:\n Version:    28.2.2-fake")
         _die(

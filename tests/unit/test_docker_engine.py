@@ -148,12 +148,53 @@ def test_names_labels_and_container_env() -> None:
         check_engine_name("podman")
 
 
-def test_check_names_docker_info_error(engine: DockerEngine, tmp_path: Path) -> None:
-    (tmp_path / "state" / "daemon-down").write_text("")
-    with pytest.raises(FailedPrecondition, match="docker info` failed: Cannot connect to the Docker daemon"):
+def test_check_failure_is_a_fixed_message_logged_in_full_and_remembered(
+    engine: DockerEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    (state / "daemon-down").write_text("")
+    for _ in range(3):
+        with pytest.raises(FailedPrecondition) as err:
+            engine.check()
+        assert err.value.message == (
+            "LOOPML_CONTAINER_ENGINE=docker, but the Docker engine is not reachable: "
+            "`docker info` failed with exit status 1; the server log has its error."
+        )
+    # docker info's own text (it can name DOCKER_HOST) is in the server log only
+    assert "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" in caplog.text
+    # one `docker info` for the three calls: the failure is remembered (failure_ttl_s)
+    assert [e["event"] for e in fake_docker.events(state)].count("info") == 1
+    (state / "daemon-down").unlink()
+    with pytest.raises(FailedPrecondition):
+        engine.check()  # still the remembered failure
+    fresh = DockerEngine(tmp_path / "home", binary=engine.binary(), failure_ttl_s=0.0)
+    fresh.check()  # reachable now
+    fresh.check()  # and remembered
+    assert [e["event"] for e in fake_docker.events(state)].count("info") == 2
+
+
+def test_check_gives_up_on_an_engine_that_does_not_answer(tmp_path: Path) -> None:
+    exe = fake_docker.install(tmp_path / "bin", tmp_path / "state", {})
+    (tmp_path / "state" / "daemon-hangs").write_text("")
+    engine = DockerEngine(tmp_path / "home", binary=str(exe), info_timeout_s=0.5)
+    with pytest.raises(FailedPrecondition, match=r"`docker info` did not finish within 0.5s"):
         engine.check()
-    (tmp_path / "state" / "daemon-down").unlink()
-    engine.check()  # reachable now
+    assert DockerEngine(tmp_path / "home")._info_timeout_s == 5.0  # the default
+
+
+def test_cleanup_hook_runs_off_the_event_loop(engine: DockerEngine, tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    threads: list[str] = []
+    engine.remove_leftovers = lambda: threads.append(threading.current_thread().name) or []  # type: ignore[method-assign]
+
+    async def main() -> str:
+        await engine.cleanup_hook()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert threads and threads[0] != loop_thread
 
 
 def test_missing_cli_is_named(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ server of the same home left behind, and never touches anyone else's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -128,14 +129,24 @@ class DockerEngine:
     """The docker CLI, as loopml uses it: check, run, stop, and clean up by label."""
 
     def __init__(
-        self, home: Path, binary: str = "docker", *, check_ttl_s: float = 30.0, user: str | None = None
+        self,
+        home: Path,
+        binary: str = "docker",
+        *,
+        check_ttl_s: float = 30.0,
+        failure_ttl_s: float = 5.0,
+        info_timeout_s: float = 5.0,
+        user: str | None = None,
     ) -> None:
         self.label_value = home_hash(home)
         self.job_user = user
         """`--user` of job containers (`job_user(LOOPML_DOCKER_USER)`); replicas run as the image says."""
         self._binary = binary
         self._check_ttl_s = check_ttl_s
+        self._failure_ttl_s = failure_ttl_s
+        self._info_timeout_s = info_timeout_s
         self._checked_at = 0.0
+        self._failed: tuple[float, str] | None = None  # (when, the client's message) of the last failure
         self._lock = threading.Lock()
 
     @property
@@ -174,26 +185,52 @@ class DockerEngine:
         )
 
     def check(self) -> None:
-        """Raise FailedPrecondition (HTTP 400) naming `docker info`'s error when the engine is not
-        reachable; a success is remembered for a little while."""
+        """Raise FailedPrecondition (HTTP 400) when the engine is not reachable. The message is a
+        fixed one (`docker info`'s own text, which can name DOCKER_HOST or a context, goes to
+        the server log). A success is remembered for `check_ttl_s`, a failure for
+        `failure_ttl_s`, so callers waiting while the engine is down do not each wait for a
+        `docker info` of their own (at most `info_timeout_s`)."""
         with self._lock:
-            if time.monotonic() - self._checked_at < self._check_ttl_s:
+            now = time.monotonic()
+            if now - self._checked_at < self._check_ttl_s:
                 return
+            if self._failed is not None and now - self._failed[0] < self._failure_ttl_s:
+                raise FailedPrecondition(self._failed[1])
             try:
-                proc = self._cli("info", timeout=20.0)
-            except subprocess.TimeoutExpired:
-                raise FailedPrecondition(
-                    "LOOPML_CONTAINER_ENGINE=docker, but the Docker engine does not answer: "
-                    "`docker info` did not finish within 20s."
-                ) from None
-            if proc.returncode != 0:
-                lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-                detail = "\n".join(lines[-5:]) or f"exit status {proc.returncode}"
-                raise FailedPrecondition(
-                    f"LOOPML_CONTAINER_ENGINE=docker, but the Docker engine is not reachable: "
-                    f"`docker info` failed: {detail}"
-                )
+                self._probe()
+            except FailedPrecondition as exc:
+                self._failed = (time.monotonic(), exc.message)
+                raise
+            self._failed = None
             self._checked_at = time.monotonic()
+
+    def _probe(self) -> None:
+        limit = self._info_timeout_s
+        try:
+            proc = self._cli("info", timeout=limit)
+        except subprocess.TimeoutExpired:
+            log.warning("docker engine check: `docker info` did not finish within %gs", limit)
+            raise FailedPrecondition(
+                "LOOPML_CONTAINER_ENGINE=docker, but the Docker engine does not answer: "
+                f"`docker info` did not finish within {limit:g}s."
+            ) from None
+        except OSError as exc:
+            log.warning("docker engine check: cannot run `docker info`: %s", exc)
+            raise FailedPrecondition(
+                "LOOPML_CONTAINER_ENGINE=docker, but the docker CLI cannot be run; "
+                "the server log has the error."
+            ) from None
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            log.warning(
+                "docker engine check: `docker info` exited with status %d: %s",
+                proc.returncode,
+                " | ".join(lines[-5:]),
+            )
+            raise FailedPrecondition(
+                "LOOPML_CONTAINER_ENGINE=docker, but the Docker engine is not reachable: "
+                f"`docker info` failed with exit status {proc.returncode}; the server log has its error."
+            )
 
     # -- run -----------------------------------------------------------------------------------
     def run_command(self, name: str, run: DockerRun) -> DockerCommand:
@@ -271,9 +308,10 @@ class DockerEngine:
             raise FailedPrecondition(f"`docker ps` failed: {proc.stderr.strip()[-300:]}")
         return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
-    def cleanup_hook(self) -> None:
-        """Server start/stop hook: `remove_leftovers`, never failing the server."""
-        self.remove_leftovers()
+    async def cleanup_hook(self) -> None:
+        """Server start/stop hook: `remove_leftovers` in a worker thread (it runs the docker CLI),
+        never failing the server and never blocking the event loop."""
+        await asyncio.to_thread(self.remove_leftovers)
 
     def remove_leftovers(self) -> list[str]:
         """Remove every container of this home (start and stop hook of the server)."""

@@ -194,7 +194,7 @@ class FactoryMixin:
         from loopml.training.contract import emulator_env
 
         check_image_ref(str((spec.container_spec or {}).get("imageUri")))
-        docker.check()  # a 400 naming `docker info`'s error when the engine is not reachable
+        docker.check()  # a 400 when the engine is not reachable (docker info's text: log only)
         cs = spec.container_spec or {}
         prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
         predict_route = cs.get("predictRoute") or f"{prefix}:predict"

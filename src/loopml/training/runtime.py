@@ -100,7 +100,7 @@ class RuntimeResolver:
             from loopml.images.docker import check_image_ref
 
             check_image_ref(pool.image_uri)
-            engine.check()  # a 400 naming `docker info`'s error when the engine is not reachable
+            engine.check()  # a 400 when the engine is not reachable (docker info's text: log only)
             return
         if self.image_runtime(pool.image_uri) is None:
             raise FailedPrecondition(
