@@ -15,7 +15,10 @@ It implements the few commands loopml uses, strictly enough that a wrong command
   `docker run` waits for it, forwards SIGTERM/SIGINT, and exits with its code (128+signal when
   killed). Each container is `<state>/containers/<name>.json` (gone on exit with --rm), and every
   event is appended to `<state>/events.jsonl` (a run's with the CLI's whole command line, `cli`).
-- `stop [-t N] NAME`, `kill NAME`, `rm [-f] NAME`, `ps [-a] [--filter label=K=V] [--format {{.Names}}]`.
+- `stop [-t N] NAME`, `kill NAME`, `rm [-f] NAME`,
+  `ps [-a] [--filter label=K=V] [--filter name=REGEX] [--format {{.Names}}]`. While
+  `<state>/rm-misses` holds a number N > 0, `rm -f` of an existing container does nothing and
+  counts N down (as if the daemon created the container just after the rm).
 - `build -t TAG [-f FILE] [--build-arg K=V] CONTEXT`: a tiny subset (see `cmd_build`).
 """
 
@@ -310,6 +313,12 @@ def cmd_rm(args: list[str]) -> None:
             return  # docker rm -f ignores missing containers
         _die(f"Error response from daemon: No such container: {names[0]}", 1)
     assert record is not None
+    misses = STATE / "rm-misses"
+    if force and misses.exists() and int(misses.read_text() or 0) > 0:
+        # as if the daemon created this container just after the rm: it was not there yet
+        misses.write_text(str(int(misses.read_text()) - 1))
+        _event(event="rm-missed", name=names[0])
+        return
     if record["status"] == "running" and _alive(record["pid"]):
         if not force:
             _die(f"Error response from daemon: cannot remove container {names[0]}: container is running", 1)
@@ -322,7 +331,7 @@ def cmd_rm(args: list[str]) -> None:
 
 
 def cmd_ps(args: list[str]) -> None:
-    show_all, label, fmt = False, None, None
+    show_all, label, fmt, name_re = False, None, None, None
     i = 0
     while i < len(args):
         if args[i] == "-a":
@@ -330,6 +339,9 @@ def cmd_ps(args: list[str]) -> None:
             i += 1
         elif args[i] == "--filter" and args[i + 1].startswith("label="):
             label = args[i + 1][len("label=") :]
+            i += 2
+        elif args[i] == "--filter" and args[i + 1].startswith("name="):
+            name_re = args[i + 1][len("name=") :]  # a regular expression searched in the name
             i += 2
         elif args[i] == "--format":
             fmt = args[i + 1]
@@ -341,6 +353,8 @@ def cmd_ps(args: list[str]) -> None:
     for name, record in sorted(containers(STATE).items()):
         running = record["status"] == "running" and _alive(record["pid"])
         if not running and not show_all:
+            continue
+        if name_re is not None and not re.search(name_re, name):
             continue
         if label is not None:
             key, _, val = label.partition("=")

@@ -349,3 +349,62 @@ def test_a_replica_that_fails_otherwise_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="exited with code 2"):
         replica.start()
     assert (tmp_path / "8-r0.log").read_text().count("starting replica 8-r0") == 1
+
+
+def test_a_container_created_after_the_first_rm_is_removed_too(engine: DockerEngine, tmp_path: Path) -> None:
+    """A cancel right after `docker run` started: the daemon may create the container only after
+    loopml's first `docker rm -f`. Stopping repeats the rm until `docker ps -a` no longer lists it."""
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "state"
+    fake_docker.install(
+        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
+    )
+    exe = str(tmp_path / "bin" / "docker")
+    late = subprocess.Popen(
+        [exe, "run", "--name", "late", "--network", "host", "--label", engine.label, "sleeper"]
+    )
+    try:
+        for _ in range(100):
+            if "late" in fake_docker.containers(state):
+                break
+            time.sleep(0.05)
+        (state / "rm-misses").write_text("2")  # the first two `rm -f` come "too early"
+        assert engine.listed("late") is True and engine.listed("lat") is False
+        engine.stop("late", 0)
+        assert "late" not in fake_docker.containers(state)
+        assert engine.listed("late") is False
+        events = [e["event"] for e in fake_docker.events(state) if e.get("name") == "late"]
+        assert events.count("rm-missed") == 2 and "rm" in events
+        assert late.wait(timeout=10) != 0
+    finally:
+        if late.poll() is None:
+            late.kill()
+
+
+def test_remove_until_gone_is_bounded(engine: DockerEngine, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "state"
+    fake_docker.install(
+        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
+    )
+    exe = str(tmp_path / "bin" / "docker")
+    stuck = subprocess.Popen([exe, "run", "--name", "stuck", "--network", "host", "sleeper"])
+    try:
+        for _ in range(100):
+            if "stuck" in fake_docker.containers(state):
+                break
+            time.sleep(0.05)
+        (state / "rm-misses").write_text("100")
+        assert engine.remove_until_gone("stuck", attempts=3, pause_s=0.0) is False
+        events = [e["event"] for e in fake_docker.events(state) if e.get("name") == "stuck"]
+        assert events.count("rm-missed") == 3
+        (state / "rm-misses").write_text("0")
+        assert engine.remove_until_gone("stuck", attempts=3, pause_s=0.0) is True
+    finally:
+        stuck.wait(timeout=10)

@@ -279,27 +279,55 @@ class DockerEngine:
 
     # -- stop and clean up -------------------------------------------------------------------
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
-        """`docker stop -t N` (SIGTERM, then SIGKILL after N s), then `docker rm -f` (the
-        container may not have been started with --rm's cleanup yet). Errors are logged only."""
+        """`docker stop -t N` (SIGTERM, then SIGKILL after N s), then `remove_until_gone` (the
+        container may not have been started with --rm's cleanup yet, or may have been created
+        only now by a `docker run` stopped just after it started). Errors are logged only."""
         grace = max(0, round(timeout_s))
-        for args, limit in (
-            (("stop", "-t", str(grace), name), grace + 30.0),
-            (("rm", "-f", name), 30.0),
-        ):
-            try:
-                proc = self._cli(*args, timeout=limit)
-            except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
-                log.warning("docker %s %s failed: %s", args[0], name, exc)
-                continue
+        try:
+            proc = self._cli("stop", "-t", str(grace), name, timeout=grace + 30.0)
+        except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
+            log.warning("docker stop %s failed: %s", name, exc)
+        else:
             if proc.returncode != 0 and "no such container" not in proc.stderr.lower():
-                log.warning("docker %s %s: %s", args[0], name, proc.stderr.strip()[-300:])
+                log.warning("docker stop %s: %s", name, proc.stderr.strip()[-300:])
+        self.remove_until_gone(name)
 
     def remove(self, name: str) -> None:
         """`docker rm -f NAME`, quietly (a container of that name may not exist)."""
         try:
-            self._cli("rm", "-f", name)
+            proc = self._cli("rm", "-f", name)
         except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
             log.warning("docker rm -f %s failed: %s", name, exc)
+            return
+        if proc.returncode != 0 and "no such container" not in proc.stderr.lower():
+            log.warning("docker rm -f %s: %s", name, proc.stderr.strip()[-300:])
+
+    def listed(self, name: str) -> bool | None:
+        """Whether `docker ps -a` lists a container of exactly this name (None: cannot tell)."""
+        try:
+            proc = self._cli("ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}")
+        except (subprocess.TimeoutExpired, FailedPrecondition, OSError) as exc:
+            log.warning("docker ps for %s failed: %s", name, exc)
+            return None
+        if proc.returncode != 0:
+            log.warning("docker ps for %s: %s", name, proc.stderr.strip()[-300:])
+            return None
+        return name in (line.strip() for line in proc.stdout.splitlines())
+
+    def remove_until_gone(self, name: str, attempts: int = 5, pause_s: float = 0.5) -> bool:
+        """`docker rm -f NAME` until `docker ps -a` no longer lists it, at most `attempts` times.
+
+        A `docker run` cancelled right after it started can have its container created by the
+        daemon only after a first `rm -f`; repeating closes that window. False (and a warning)
+        when the container is still there or the engine cannot say."""
+        for attempt in range(attempts):
+            self.remove(name)
+            if self.listed(name) is False:
+                return True
+            if attempt + 1 < attempts:
+                time.sleep(pause_s)
+        log.warning("container %s may still exist after %d `docker rm -f`", name, attempts)
+        return False
 
     def containers(self) -> list[str]:
         """Names of this home's containers, running or not."""

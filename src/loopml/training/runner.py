@@ -300,7 +300,9 @@ class JobRunner:
             kill_group(proc.pid, signal.SIGKILL)  # stray grandchildren never outlive the job
             if act.container is not None:
                 engine, name = act.container
-                engine.remove(name)  # normally gone already (--rm); never left behind
+                # normally gone already (--rm); never left behind, even when a cancel came so
+                # early that the daemon created the container only after `docker stop`
+                engine.remove_until_gone(name)
             logf.write(f"[loopml] job {job_id} ended: {outcome[0]} (exit {proc.returncode})\n")
             if spec.base_output_dir:
                 outcome = self._publish_outputs(spec.base_output_dir, outcome, logf)
