@@ -187,7 +187,12 @@ def test_cleanup_hook_runs_off_the_event_loop(engine: DockerEngine, tmp_path: Pa
     import threading
 
     threads: list[str] = []
-    engine.remove_leftovers = lambda: threads.append(threading.current_thread().name) or []  # type: ignore[method-assign]
+
+    def remove_leftovers() -> list[str]:
+        threads.append(threading.current_thread().name)
+        return []
+
+    engine.remove_leftovers = remove_leftovers  # type: ignore[method-assign]
 
     async def main() -> str:
         await engine.cleanup_hook()
