@@ -299,3 +299,29 @@ def test_credentials_in_backend_errors_and_urls_are_never_shown(
     with pytest.raises(FailedPrecondition, match="carries user info") as bad:
         ArtifactStore(tmp_path / "home-3", "s3://AKIA:s3cr3t@team/loopml")
     assert "s3cr3t" not in bad.value.message and "AKIA" not in bad.value.message
+
+
+def test_a_file_system_store_writes_objects_whole_by_rename(injected: tuple[ArtifactStore, Path]) -> None:
+    """On a shared directory the upload goes to a temp file under the store's records and is
+    renamed over the object: another server reads the old object or the new one, never a part."""
+    artifacts, remote = injected
+    store = ObjectStore(artifacts)
+    store.create_bucket("bkt", {})
+    _upload(store, "o.bin", b"old" * 10, {})
+    seen: list[tuple[str, bytes]] = []
+
+    def hook(rpath: str) -> None:
+        # mid-upload: what a reader of the shared directory finds at the object's key
+        seen.append((rpath, (remote / "bkt" / "o.bin").read_bytes()))
+
+    InjectedFS.before_put = hook
+    _upload(store, "o.bin", b"new" * 1000, {})
+    InjectedFS.before_put = None
+    assert len(seen) == 1
+    rpath, during = seen[0]
+    assert "/.loopml/tmp/" in rpath and rpath.endswith(".partial"), rpath  # not the object key
+    assert during == b"old" * 10
+    assert (remote / "bkt" / "o.bin").read_bytes() == b"new" * 1000
+    assert list((remote / ".loopml" / "tmp").iterdir()) == []  # nothing left behind
+    other = ObjectStore(ArtifactStore(remote.parent / "home-2", f"injected://{remote}"))
+    assert other.list_objects("bkt")[0] == ["o.bin"]

@@ -15,6 +15,7 @@ drops user info from the URL.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -23,6 +24,7 @@ import os
 import posixpath
 import re
 import secrets
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -407,7 +409,9 @@ class RemoteStore:
         key = self.object_key(bucket, rel)
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
-        self.fs.put_file(str(source), key)
+            self._local_atomic(key, lambda tmp: self.fs.put_file(str(source), tmp))
+        else:
+            self.fs.put_file(str(source), key)  # object stores make a PUT visible whole
         self.fs.invalidate_cache(posixpath.dirname(key))
         info = self.info(key)
         if info is None:  # eventual consistency: the write is acknowledged, the object is there
@@ -439,9 +443,31 @@ class RemoteStore:
         return data if isinstance(data, dict) else None
 
     def write_json(self, key: str, value: dict[str, Any]) -> None:
+        data = json.dumps(value).encode()
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
-        self.fs.pipe_file(key, json.dumps(value).encode())
+            self._local_atomic(key, lambda tmp: self.fs.pipe_file(tmp, data))
+        else:
+            self.fs.pipe_file(key, data)
+
+    def _local_atomic(self, key: str, write: Any) -> None:
+        """A file-system store: write beside the store's records, then rename over `key`, so a
+        reader (another server sharing the directory) sees the old file or the new one, never a
+        part. The temp name lives under META_DIR, which listings never show."""
+        tmp = self.meta_key("tmp", f"{uuid.uuid4().hex}.partial")
+        self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+        try:
+            write(tmp)
+            self.fs.mv(tmp, key)  # a rename on one file system
+        except Unavailable as exc:  # name the object, not the temp file
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            subject = self.fs._subject((tmp,))
+            raise Unavailable(exc.message.replace(subject, self.fs._subject((key,)))) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def remove_key(self, key: str) -> None:
         try:
