@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import typer
@@ -34,6 +35,14 @@ def server(
     logs.configure(settings.log_level)
     from loopml.errors import LoopmlError
 
+    busy = _cannot_listen(settings.host, settings.port)
+    if busy is not None:  # before Platform.open, so a second server touches nothing
+        typer.echo(
+            f"Error: cannot listen on {settings.host}:{settings.port} ({busy}): is another loopml server "
+            "running? Stop it, or pick another port with --port (LOOPML_PORT).",
+            err=True,
+        )
+        raise typer.Exit(1)
     try:
         platform = Platform.open(settings)
     except LoopmlError as exc:  # a configuration mistake (e.g. the object store): no traceback
@@ -58,3 +67,15 @@ def server(
         f"loopml server on http://{settings.host}:{settings.port} (home {settings.resolved_home()}{store})"
     )
     uvicorn.Server(config).run()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not bind host:port (e.g. 'Address already in use'), or None if it can."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(addr)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

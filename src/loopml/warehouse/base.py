@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import InvalidArgument, InvalidQuery
+from loopml.errors import FailedPrecondition, InvalidArgument, InvalidQuery
 from loopml.warehouse.coerce import RowConverter
 from loopml.warehouse.schema import (
     Field,
@@ -125,7 +125,17 @@ class WarehouseBase:
         self.artifacts = artifacts
         self.dedup_window_s = dedup_window_s
         self.dedup_max_ids = dedup_max_ids
-        self._db = duckdb.connect(str(path))
+        try:
+            self._db = duckdb.connect(str(path))
+        except duckdb.IOException as exc:  # another process (a second server on this home) holds the file
+            if "lock" not in str(exc).lower():
+                raise
+            pid = re.search(r"\(PID (\d+)\)", str(exc))
+            holder = f" (PID {pid.group(1)})" if pid else ""
+            raise FailedPrecondition(
+                f"The warehouse file {path} is in use by another process{holder}: is another loopml server "
+                "running with this home? Stop it, or give this server its own --home (LOOPML_HOME)."
+            ) from None
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
