@@ -28,6 +28,9 @@ def test_demo_runs_every_step_and_leaves_its_state(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo finished: every step checked" in done.stdout
     assert "identical to the model in this process" in done.stdout
+    # what to do next: commands that run as printed (the home is the demo's own)
+    assert f"loopml server --home {home.resolve()} &" in done.stdout
+    assert "loopml models list --project demo-project" in done.stdout
     # the state is real and stays behind: the warehouse holds the ingested events and the scores
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:

@@ -79,6 +79,11 @@ def run(
         )
     else:
         console.print(
-            f"\nLook around: LOOPML_HOME={home} loopml server, then `loopml models list --project {PROJECT}`."
+            "\nLook around (the CLI is in .venv: `source .venv/bin/activate` first):\n"
+            f"  loopml server --home {home} &\n"
+            f"  loopml models list --project {PROJECT}\n"
+            f"  loopml endpoints list --project {PROJECT}\n"
+            "or run `loopml demo --keep-running` to leave the demo's own server up.",
+            soft_wrap=True,
         )
     return summary
