@@ -187,6 +187,24 @@ def test_ctas_records_schema_and_dml(wh: Warehouse) -> None:
         wh.query("DROP TABLE ds.typed", project=P)
 
 
+def test_sql_created_json_columns_stay_json_and_take_objects(wh: Warehouse) -> None:
+    # DuckDB hands JSON columns to Arrow as plain strings; the catalog must still say JSON, or a
+    # streaming insert (or a BigQuery subscription) of an object into the column is refused
+    wh.query("CREATE TABLE ds.events (event STRING, ecommerce JSON, tags JSON[])", project=P)
+    assert wh.get_table_schema(P, "ds", "events") == [
+        {"name": "event", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "ecommerce", "type": "JSON", "mode": "NULLABLE"},
+        {"name": "tags", "type": "JSON", "mode": "REPEATED"},
+    ]
+    rows = [{"event": "purchase", "ecommerce": {"purchase": {"value": 35.43}}, "tags": [{"a": 1}, "x"]}]
+    assert wh.insert_rows(P, "ds", "events", rows) == []
+    assert q(wh, "SELECT event, JSON_VALUE(ecommerce, '$.purchase.value') AS v FROM ds.events") == [
+        {"event": "purchase", "v": "35.43"}
+    ]
+    wh.query("CREATE TABLE ds.events2 AS SELECT * FROM ds.events", project=P)
+    assert [f["type"] for f in wh.get_table_schema(P, "ds", "events2")] == ["STRING", "JSON", "JSON"]
+
+
 def test_script_returns_last_result(wh: Warehouse) -> None:
     r = wh.query(
         "CREATE TABLE ds.s1 AS SELECT 1 AS x; INSERT INTO ds.s1 VALUES (2); SELECT SUM(x) AS s FROM ds.s1",

@@ -249,8 +249,7 @@ class CatalogMixin(WarehouseBase):
             )
         ref = table_ref(ds["project"], ds["dataset"], name)
         if info["schema"] is None:
-            arrow = self.cursor().sql(f"SELECT * FROM {ref} LIMIT 0").to_arrow_table()
-            info["schema"] = schema_from_arrow(arrow.schema)
+            info["schema"] = _sql_table_schema(self.cursor(), ref)
         if with_rows:
             info["num_rows"] = int(self.cursor().execute(f"SELECT count(*) FROM {ref}").fetchall()[0][0])
         return info
@@ -378,8 +377,7 @@ class CatalogMixin(WarehouseBase):
         """Record the schema of a table made by SQL (CTAS) in the catalog, from its DuckDB types."""
         ref = table_ref(project, dataset, table)
         cur = self.cursor()
-        arrow = cur.sql(f"SELECT * FROM {ref} LIMIT 0").to_arrow_table()
-        self._write_catalog(cur, project, dataset, table, schema_from_arrow(arrow.schema), None, None, None)
+        self._write_catalog(cur, project, dataset, table, _sql_table_schema(cur, ref), None, None, None)
         self.invalidate()
 
     def forget_table(self, project: str, dataset: str, table: str) -> None:
@@ -452,3 +450,14 @@ class CatalogMixin(WarehouseBase):
                 raise
             finally:
                 self.invalidate()
+
+
+def _sql_table_schema(cur: duckdb.DuckDBPyConnection, ref: str) -> list[Field]:
+    """The BigQuery schema of a table made by SQL, from its DuckDB types (JSON columns stay JSON,
+    which Arrow would report as plain strings)."""
+    rel = cur.sql(f"SELECT * FROM {ref} LIMIT 0")
+    schema = schema_from_arrow(rel.to_arrow_table().schema)
+    for field, duck_type in zip(schema, rel.dtypes, strict=True):
+        if str(duck_type) in ("JSON", "JSON[]"):
+            field["type"] = "JSON"
+    return schema
