@@ -70,3 +70,29 @@ def test_synth_subprocess_posts_to_ingest(server: object, cli: CliRunner) -> Non
         invoke(cli, "subscriptions", "describe", "synth-pull", "--project", "local", "--json")
     )
     assert status["loopmlStatus"]["backlog"] == 120
+
+
+def test_synth_endpoint_with_a_project_query_posts_to_that_project(server: object, cli: CliRunner) -> None:
+    # `/ingest/<topic>?project=p` (docs/ingest.md): /json goes on the path, the query stays
+    invoke(cli, "topics", "create", "synth-elsewhere", "--project", "other-proj")
+    invoke(
+        cli,
+        "subscriptions",
+        "create",
+        "elsewhere-pull",
+        "--topic",
+        "synth-elsewhere",
+        "--project",
+        "other-proj",
+    )
+    argv = [sys.executable, "-m", "loopml", "synth", "ecommerce", "--endpoint"]
+    argv += [f"{server.url}/ingest/synth-elsewhere?project=other-proj", "--events", "30", "--rate", "0"]  # type: ignore[attr-defined]
+    argv += ["--batch", "10", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    totals = json.loads(done.stdout.strip().splitlines()[-1])
+    assert totals["acknowledged"] == 30 and totals["failed"] == 0
+    status = json.loads(
+        invoke(cli, "subscriptions", "describe", "elsewhere-pull", "--project", "other-proj", "--json")
+    )
+    assert status["loopmlStatus"]["backlog"] == 30

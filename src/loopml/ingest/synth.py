@@ -141,6 +141,12 @@ class SendStats:
         }
 
 
+def json_url(endpoint: str) -> str:
+    """`<endpoint>/json`, keeping a query string (`…/ingest/t?project=p` → `…/ingest/t/json?project=p`)."""
+    url = httpx.URL(endpoint)
+    return str(url.copy_with(path=url.path.rstrip("/") + "/json"))
+
+
 def send(
     endpoint: str,
     *,
@@ -160,7 +166,7 @@ def send(
     `rate` is events per second (0 = as fast as the server answers). Stops after `count`
     events or `duration` seconds, whichever is given (neither: until interrupted).
     """
-    url = endpoint.rstrip("/") + "/json"
+    url = json_url(endpoint)
     stream = events(seed, noise=noise, drift=drift)
     stats = SendStats()
     own = client is None
