@@ -205,6 +205,23 @@ def test_sql_created_json_columns_stay_json_and_take_objects(wh: Warehouse) -> N
     assert [f["type"] for f in wh.get_table_schema(P, "ds", "events2")] == ["STRING", "JSON", "JSON"]
 
 
+def test_decimal_point_literals_are_float64(wh: Warehouse) -> None:
+    # BigQuery types `1.5` as FLOAT64 (NUMERIC needs NUMERIC '1.5'); DuckDB alone would say DECIMAL
+    r = wh.query("SELECT 1.5 AS x, 2 AS i, 4.9 * 2 AS y, 1e3 AS e, NUMERIC '1.5' AS n", project=P)
+    assert [(f["name"], f["type"]) for f in r.schema] == [
+        ("x", "FLOAT"),
+        ("i", "INTEGER"),
+        ("y", "FLOAT"),
+        ("e", "FLOAT"),
+        ("n", "NUMERIC"),
+    ]
+    row = r.table.to_pylist()[0]
+    assert type(row["x"]) is float and row["x"] == 1.5 and row["y"] == 9.8 and row["e"] == 1000.0
+    # number literals that are syntax keep working: sample sizes, limits, intervals
+    assert len(q(wh, "SELECT id FROM ds.trips TABLESAMPLE SYSTEM (100.0 PERCENT) LIMIT 2")) == 2
+    assert q(wh, "SELECT DATE_ADD(DATE '2024-01-01', INTERVAL 2 DAY) AS d")[0]["d"].day == 3
+
+
 def test_script_returns_last_result(wh: Warehouse) -> None:
     r = wh.query(
         "CREATE TABLE ds.s1 AS SELECT 1 AS x; INSERT INTO ds.s1 VALUES (2); SELECT SUM(x) AS s FROM ds.s1",

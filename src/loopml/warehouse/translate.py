@@ -242,6 +242,10 @@ def cte_names(tree: exp.Expression) -> set[str]:
     return {str(cte.alias).lower() for cte in tree.find_all(exp.CTE)}
 
 
+# number literals in these are syntax (sample sizes, options, intervals), not FLOAT64 values
+_NOT_VALUES = (exp.TableSample, exp.Property, exp.Properties, exp.Interval, exp.Limit, exp.Offset, exp.Fetch)
+
+
 def rewrite_functions(tree: exp.Expression) -> exp.Expression:
     """BigQuery semantics DuckDB spells differently (DAYOFWEEK is 1 = Sunday in BigQuery)."""
 
@@ -263,6 +267,13 @@ def rewrite_functions(tree: exp.Expression) -> exp.Expression:
             return exp.cast(node.copy(), exp.DataType.build("TIMESTAMPTZ"))
         if isinstance(node, exp.TableSample) and str(node.args.get("method") or "").upper() == "SYSTEM":
             node.set("method", exp.var("BERNOULLI"))
+        if (
+            isinstance(node, exp.Literal)
+            and node.is_number
+            and not node.is_int
+            and node.find_ancestor(*_NOT_VALUES) is None
+        ):  # `1.5` is a FLOAT64 in BigQuery; DuckDB would make it a DECIMAL (NUMERIC)
+            return exp.cast(node.copy(), exp.DataType.build("DOUBLE"))
         return node
 
     return tree.transform(fix, copy=False)
