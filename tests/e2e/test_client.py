@@ -96,3 +96,11 @@ def test_client_without_server_says_how_to_start_one() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with loopml.Client(url) as client, pytest.raises(errors.ServerUnreachable, match="loopml server"):
         client.list_models()
+
+
+def test_client_url_without_scheme_says_what_to_write() -> None:
+    with loopml.Client("127.0.0.1:8080") as client, pytest.raises(errors.ServerUnreachable) as caught:
+        client.list_models()
+    assert caught.value.message == (
+        "the server URL '127.0.0.1:8080' needs http:// or https:// (e.g. LOOPML_URL=http://127.0.0.1:8080)."
+    )

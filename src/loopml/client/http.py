@@ -65,8 +65,12 @@ class Transport:
             ) from exc
         except httpx.TimeoutException as exc:
             raise errors.Unavailable(f"{method} {path} timed out waiting for {self.url}.") from exc
+        except httpx.UnsupportedProtocol as exc:  # e.g. LOOPML_URL=127.0.0.1:8080
+            raise errors.ServerUnreachable(
+                f"the server URL {self.url!r} needs http:// or https:// (e.g. LOOPML_URL=http://127.0.0.1:8080)."
+            ) from exc
         except httpx.HTTPError as exc:
-            raise errors.ServerUnreachable(f"request to {self.url} failed: {exc}.") from exc
+            raise errors.ServerUnreachable(f"request to {self.url} failed: {str(exc).rstrip('.')}.") from exc
         if response.status_code >= 400:
             try:
                 body = response.json()
