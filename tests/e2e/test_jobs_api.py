@@ -357,6 +357,11 @@ def test_cli_submit_follow_list_cancel(srv: ServerProcess, tmp_path: Path) -> No
     assert "starting workerpool0-0" in logs.stdout
     missing = _cli(srv, "describe", "999")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    missing = _cli(srv, "logs", "999")  # neither kind: the message names both, not just pipelines
+    assert missing.returncode == 2
+    assert "Custom job or training pipeline 999 does not exist in projects/" in " ".join(
+        missing.stderr.split()
+    )
 
 
 def test_server_crash_never_leaves_a_job_running(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopml.errors import LoopmlError, ServerUnreachable, from_json
+from loopml.errors import LoopmlError, NotFound, ServerUnreachable, from_json
 
 jobs_app = typer.Typer(
     help="Custom training jobs (Vertex CustomJobs): submit, list, logs, cancel.", no_args_is_help=True
@@ -82,7 +82,14 @@ class Api:
         except LoopmlError as exc:
             if exc.status != 404:
                 raise
+        try:
             return "trainingPipelines", self.call("GET", self.job_path(job, "trainingPipelines"))
+        except LoopmlError as exc:
+            if exc.status != 404:
+                raise
+            raise NotFound(  # not "TrainingPipeline … does not exist" for a custom job id
+                f"Custom job or training pipeline {job.rsplit('/', 1)[-1]} does not exist in {self.parent}."
+            ) from None
 
     def upload(self, bucket: str, name: str, data: bytes) -> str:
         try:
