@@ -55,3 +55,9 @@ def test_script_sdist_layout(tmp_path: Path) -> None:
         setup = tar.extractfile("loopml_script-0.0.1/setup.py").read().decode()  # type: ignore[union-attr]
     assert {"loopml_script-0.0.1/loopml_script/task.py", "loopml_script-0.0.1/PKG-INFO"} <= names
     assert "'pandas>=2'" in setup
+
+
+def test_jobs_cli_defaults_to_the_same_project_as_every_other_command() -> None:
+    from loopml.cli import _common, jobs
+
+    assert jobs._PROJECT.default == _common.PROJECT.default == "local"

@@ -33,7 +33,7 @@ err = Console(stderr=True)
 DEFAULT_EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-0:latest"
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 _PROJECT = typer.Option(
-    "loopml", "--project", envvar=["LOOPML_PROJECT", "GOOGLE_CLOUD_PROJECT"], help="Project."
+    "local", "--project", envvar=["LOOPML_PROJECT", "GOOGLE_CLOUD_PROJECT"], help="Project."
 )
 _LOCATION = typer.Option("us-central1", "--location", envvar="LOOPML_LOCATION", help="Location.")
 _JSON = typer.Option(False, "--json", help="Print the raw JSON.")
