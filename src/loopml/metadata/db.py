@@ -20,6 +20,22 @@ from loopml.errors import AlreadyExists, Unavailable
 
 log = logging.getLogger(__name__)
 
+
+class _AlembicChatter(logging.Filter):
+    """Keeps alembic's "Running upgrade …" lines, drops what it says at every start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl", "Will assume"))
+
+
+def _quiet_alembic() -> None:
+    plugins = logging.getLogger("alembic.runtime.plugins")
+    if plugins.level == logging.NOTSET:  # "setup plugin …" x7 on each start (alembic >= 1.16)
+        plugins.setLevel(logging.WARNING)
+    migration = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _AlembicChatter) for f in migration.filters):
+        migration.addFilter(_AlembicChatter())
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -54,6 +70,7 @@ class Database:
 
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision of every branch (idempotent)."""
+        _quiet_alembic()  # before the import: alembic sets up its plugins then
         from alembic import command
         from alembic.config import Config
 
