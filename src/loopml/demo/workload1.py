@@ -217,7 +217,10 @@ def workload1(api: Api, console: Console, summary: Summary, n_events: int, url: 
         f"streaming inference scored {len(new_purchases)} new purchases into cloud_run_anomaly; "
         f"{flagged} flagged as anomalies (exactly the anomalous ones)"
     )
-    summary.add("events ingested", f"{n_events + more:,}")
+    summary.add(
+        "events ingested",
+        f"{n_events + more:,} ({n_events:,} for training, {more:,} more while streaming inference scored purchases)",
+    )
     summary.add("k-means model", f"{model['name']}@demo on {endpoint}")
     summary.add("anomalies flagged in the stream", f"{flagged} of {len(new_purchases)} purchases")
 
