@@ -36,6 +36,7 @@ def _quiet_alembic() -> None:
     if not any(isinstance(f, _AlembicChatter) for f in migration.filters):
         migration.addFilter(_AlembicChatter())
 
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
