@@ -72,16 +72,10 @@ def install(app: FastAPI, platform: Platform) -> None:
     @app.get(PREFIX + "/datasets")
     async def list_datasets(project: str, request: Request) -> Response:
         items = await run_in_threadpool(wh.list_datasets, project)
-        start, stop, token = res.page_bounds(
-            len(items),
-            max_results=request.query_params.get("maxResults"),
-            page_token=request.query_params.get("pageToken"),
-            start_index=None,
-            default_page=1000,
-        )
+        page, token = res.list_page(items, request.query_params)
         body: dict[str, Any] = {
             "kind": "bigquery#datasetList",
-            "datasets": [res.dataset_list_item(d) for d in items[start:stop]],
+            "datasets": [res.dataset_list_item(d) for d in page],
         }
         if token:
             body["nextPageToken"] = token
@@ -138,16 +132,10 @@ def install(app: FastAPI, platform: Platform) -> None:
     @app.get(PREFIX + "/datasets/{dataset}/tables")
     async def list_tables(project: str, dataset: str, request: Request) -> Response:
         items = await run_in_threadpool(wh.list_tables, project, dataset)
-        start, stop, token = res.page_bounds(
-            len(items),
-            max_results=request.query_params.get("maxResults"),
-            page_token=request.query_params.get("pageToken"),
-            start_index=None,
-            default_page=1000,
-        )
+        page, token = res.list_page(items, request.query_params)
         body: dict[str, Any] = {
             "kind": "bigquery#tableList",
-            "tables": [res.table_list_item(t) for t in items[start:stop]],
+            "tables": [res.table_list_item(t) for t in page],
             "totalItems": len(items),
         }
         if token:
@@ -301,15 +289,9 @@ def install(app: FastAPI, platform: Platform) -> None:
     @app.get(PREFIX + "/jobs")
     async def list_jobs(project: str, request: Request) -> Response:
         items = jobs.list(project)
-        start, stop, token = res.page_bounds(
-            len(items),
-            max_results=request.query_params.get("maxResults"),
-            page_token=request.query_params.get("pageToken"),
-            start_index=None,
-            default_page=1000,
-        )
+        page, token = res.list_page(items, request.query_params)
         listed = []
-        for job in items[start:stop]:
+        for job in page:
             r = res.job_resource(job)
             listed.append(
                 {k: r[k] for k in ("kind", "id", "jobReference", "configuration", "status", "statistics")}

@@ -29,14 +29,8 @@ def install(app: FastAPI, platform: Platform) -> None:
     @app.get(PREFIX)
     async def list_models(project: str, dataset: str, request: Request) -> Response:
         items = await run_in_threadpool(sqlml.list_model_resources, project, dataset)
-        start, stop, token = res.page_bounds(
-            len(items),
-            max_results=request.query_params.get("maxResults"),
-            page_token=request.query_params.get("pageToken"),
-            start_index=None,
-            default_page=1000,
-        )
-        body: dict[str, Any] = {"models": items[start:stop]}
+        page, token = res.list_page(items, request.query_params)
+        body: dict[str, Any] = {"models": page}
         if token:
             body["nextPageToken"] = token
         return json_response(body)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -12,6 +13,7 @@ from loopml.warehouse.rows import encode_rows
 from loopml.warehouse.schema import legacy_schema
 
 BASE = "/bigquery/v2"
+T = TypeVar("T")
 
 
 def dataset_resource(ds: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +166,21 @@ def page_bounds(
     stop = min(total, start + size)
     token = str(stop) if stop < total and size > 0 else None
     return start, stop, token
+
+
+def list_page(
+    items: Sequence[T], params: Mapping[str, str], default_page: int = 1000
+) -> tuple[Sequence[T], str | None]:
+    """One page of a resource list (datasets, tables, jobs, models) and its next page token,
+    from the request's `maxResults` / `pageToken`."""
+    start, stop, token = page_bounds(
+        len(items),
+        max_results=params.get("maxResults"),
+        page_token=params.get("pageToken"),
+        start_index=None,
+        default_page=default_page,
+    )
+    return items[start:stop], token
 
 
 def query_results(
