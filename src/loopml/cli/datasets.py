@@ -110,19 +110,8 @@ def list_datasets(
     as_json: bool = JSON,
 ) -> None:
     """List datasets, newest first."""
-    rows: list[dict[str, Any]] = []
     with cli_errors():
-        client = make_client(project, location)
-        token: str | None = None
-        while True:
-            params = {"filter": filter, "orderBy": order_by, "pageToken": token}
-            page = client.json(
-                "GET", f"/v1/{client.parent}/datasets", params={k: v for k, v in params.items() if v}
-            )
-            rows.extend(page.get("datasets", []))
-            token = page.get("nextPageToken")
-            if not token:
-                break
+        rows = make_client(project, location).list_datasets(filter=filter, order_by=order_by)
     output(rows, as_json, COLUMNS)
 
 

@@ -172,6 +172,10 @@ class Client:
             f"/v1/{self.parent}/endpoints", "endpoints", {"filter": filter, "orderBy": order_by}
         )
 
+    def list_datasets(self, filter: str | None = None, order_by: str | None = None) -> list[dict[str, Any]]:
+        """Managed datasets (every page), newest first unless `order_by` says otherwise."""
+        return self._pages(f"/v1/{self.parent}/datasets", "datasets", {"filter": filter, "orderBy": order_by})
+
     def deploy(
         self,
         endpoint: str,
