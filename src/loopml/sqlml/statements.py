@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopml.errors import InvalidQuery
+from loopml.refs import PROJECT_RE
 from loopml.sqlml.sqltext import Scanner
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
-_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def resolve_path(
     elif len(parts) != 3:
         raise InvalidQuery(f"Invalid {what} name {'.'.join(parts)!r}: use [project.]dataset.{what}.")
     proj, ds, name = parts
-    if not _PROJECT_RE.match(proj):
+    if not PROJECT_RE.match(proj):
         raise InvalidQuery(f"Invalid project id {proj!r}.")
     if not _DATASET_RE.match(ds):
         raise InvalidQuery(f"Invalid dataset id {ds!r}: letters, digits and underscores only.")

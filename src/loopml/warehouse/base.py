@@ -28,6 +28,7 @@ import duckdb
 
 from loopml.artifacts import ArtifactStore
 from loopml.errors import FailedPrecondition, InvalidArgument, InvalidQuery
+from loopml.refs import PROJECT_RE  # one project-id rule for Vertex and BigQuery names
 from loopml.warehouse.coerce import RowConverter
 from loopml.warehouse.schema import (
     Field,
@@ -38,7 +39,6 @@ from loopml.warehouse.types import StatementHandler, TableFunction
 log = logging.getLogger(__name__)
 
 
-PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}\Z")
 DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
 TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}\Z")
 PARTITION_TYPES = ("DAY", "HOUR", "MONTH", "YEAR")
