@@ -8,7 +8,7 @@ from typing import Any
 
 from loopml.errors import InvalidArgument
 from loopml.ingest.filters import Node, Path, compile_expression, parse_path
-from loopml.refs import PROJECT_RE
+from loopml.refs import PROJECT_RE, check
 
 NAME_RE = re.compile(r"^(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}\Z")
 DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}\Z")
@@ -38,9 +38,7 @@ _KNOWN = {
 
 
 def check_project(project: str) -> str:
-    if not PROJECT_RE.match(project or ""):
-        raise InvalidArgument(f"Invalid project {project!r}: must match {PROJECT_RE.pattern}.")
-    return project
+    return check(PROJECT_RE, project, "project")
 
 
 def check_name(name: str, kind: str) -> str:
