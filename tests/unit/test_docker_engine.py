@@ -26,7 +26,7 @@ def engine(tmp_path: Path) -> DockerEngine:
     return DockerEngine(tmp_path / "home", binary=str(exe))
 
 
-def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_path: Path) -> None:
+def test_run_command_with_command_args_env_and_mounts(engine: DockerEngine, tmp_path: Path) -> None:
     run = DockerRun(
         "gcr.io/p/trainer:v1",
         "job",
@@ -36,7 +36,7 @@ def test_run_argv_with_command_args_env_and_mounts(engine: DockerEngine, tmp_pat
         mounts=[("/srv/buckets", "/gcs", False), ("/srv/copy", "/srv/copy", True)],
     )
     label = f"loopml.home={home_hash(tmp_path / 'home')}"
-    assert engine.run_argv("loopml-job-42", run) == [
+    assert engine.run_command("loopml-job-42", run).argv == [
         str(tmp_path / "bin" / "docker"),
         "run",
         "--rm",
@@ -99,14 +99,14 @@ def test_job_user_setting_and_the_user_flag(engine: DockerEngine) -> None:
     for bad in ("--privileged", "a b", "1:2:3", "x;y"):
         with pytest.raises(InvalidArgument, match="LOOPML_DOCKER_USER"):
             job_user(bad)
-    argv = engine.run_argv("n", DockerRun("img:1", "job", user="1000:100"))
+    argv = engine.run_command("n", DockerRun("img:1", "job", user="1000:100")).argv
     assert argv[argv.index("--user") + 1] == "1000:100" and argv.index("--user") < argv.index("img:1")
-    assert "--user" not in engine.run_argv("n", DockerRun("img:1", "replica"))
+    assert "--user" not in engine.run_command("n", DockerRun("img:1", "replica")).argv
 
 
 def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:
     def tail(command: list[str] | None = None, args: list[str] | None = None) -> list[str]:
-        argv = engine.run_argv("n", DockerRun("img:1", "replica", command or [], args or []))
+        argv = engine.run_command("n", DockerRun("img:1", "replica", command or [], args or [])).argv
         return argv[argv.index("loopml.kind=replica") + 1 :]
 
     assert tail() == ["img:1"]  # ENTRYPOINT + CMD of the image
@@ -118,21 +118,21 @@ def test_vertex_command_and_args_semantics(engine: DockerEngine) -> None:
 @pytest.mark.parametrize("image", ["--privileged", "-v", "img name", "", "img\n", "a;b", "x@sha256:12"])
 def test_image_references_that_docker_would_misread_are_refused(engine: DockerEngine, image: str) -> None:
     with pytest.raises(InvalidArgument, match="not a Docker image name"):
-        engine.run_argv("n", DockerRun(image, "job"))
+        engine.run_command("n", DockerRun(image, "job"))
 
 
 @pytest.mark.parametrize(
     "image", ["img", "gcr.io/p/img:v1", "localhost:5000/a/b", f"us-docker.pkg.dev/p/r/i@sha256:{'a' * 64}"]
 )
 def test_image_references_accepted(engine: DockerEngine, image: str) -> None:
-    assert engine.run_argv("n", DockerRun(image, "job"))[-1] == image
+    assert engine.run_command("n", DockerRun(image, "job")).argv[-1] == image
 
 
 def test_bad_env_names_and_mounts_are_refused(engine: DockerEngine) -> None:
     with pytest.raises(InvalidArgument, match="A=B"):
-        engine.run_argv("n", DockerRun("img", "job", env={"A=B": "1"}))
+        engine.run_command("n", DockerRun("img", "job", env={"A=B": "1"}))
     with pytest.raises(InvalidArgument, match="absolute"):
-        engine.run_argv("n", DockerRun("img", "job", mounts=[("rel", "/x", True)]))
+        engine.run_command("n", DockerRun("img", "job", mounts=[("rel", "/x", True)]))
 
 
 def test_names_labels_and_container_env() -> None:

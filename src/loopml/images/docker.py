@@ -47,8 +47,8 @@ _ENV_NAME = re.compile(r"^[^=\s\x00]+\Z")
 # A Docker image reference: [host[:port]/]path[:tag][@digest]. Never starting with '-' (the
 # docker CLI would take it for an option, e.g. --privileged).
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*(?:@sha256:[a-f0-9]{64})?\Z")
-# What the docker CLI itself needs from the server's environment (never the containers' env).
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?\Z")
+# What the docker CLI itself needs from the server's environment (never the containers' env).
 _CLIENT_VARS = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
 # Variables the docker CLI (a Go program) reads itself besides those: a container variable of
 # such a name cannot travel in the CLI's environment and is passed as `-e K=V` instead.
@@ -272,10 +272,6 @@ class DockerEngine:
             tail = list(run.args)
         rest += [run.image, *tail]
         return DockerCommand(argv=[*argv, *rest], env=env, shown=" ".join([*shown, *rest]))
-
-    def run_argv(self, name: str, run: DockerRun) -> list[str]:
-        """`run_command(name, run).argv`."""
-        return self.run_command(name, run).argv
 
     # -- stop and clean up -------------------------------------------------------------------
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
