@@ -55,7 +55,6 @@ class DeployedRuntime:
         self._pending_start: list[Replica] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.requests_total = 0
-        self.batches_total = 0  # replica calls; requests_total / batches_total is the mean batch
         self.batch_wait_s = float(spec.extra.get("batchWaitSeconds", 0.0) or 0.0)
         self.max_batch_override = int(spec.extra.get("maxBatchSize", 0) or 0)
         self.metrics: Any = None  # bound per-deployment metric children, set by the service
@@ -176,7 +175,6 @@ class DeployedRuntime:
                     if not queue:
                         continue
                 n = min(len(queue), max_batch)
-                self.batches_total += 1
                 if self.metrics is not None:
                     self.metrics.batch_size.observe(n)
                 batch = [queue.popleft() for _ in range(n)]
