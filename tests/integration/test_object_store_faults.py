@@ -55,12 +55,20 @@ class InjectedFS(LocalFileSystem):
         type(self).calls.append(f"get {rpath}")
         return super().get_file(rpath, lpath, *args, **kwargs)
 
+    # lookups, apart from `calls`: every operation makes some
+    infos: ClassVar[list[str]] = []
+
+    def info(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        type(self).infos.append(str(path))
+        return super().info(path, *args, **kwargs)
+
 
 @pytest.fixture()
 def injected(tmp_path: Path) -> Iterator[tuple[ArtifactStore, Path]]:
     fsspec.register_implementation("injected", InjectedFS, clobber=True)
     InjectedFS.before_put = None
     InjectedFS.calls = []
+    InjectedFS.infos = []
     remote = tmp_path / "store"
     yield ArtifactStore(tmp_path / "home", f"injected://{remote}"), remote
     InjectedFS.before_put = None
@@ -116,6 +124,25 @@ def test_concurrent_uploads_of_one_object_keep_bytes_and_hashes_together(
     # another server sharing the store reads the same facts
     other = ObjectStore(ArtifactStore(remote.parent / "home-2", f"injected://{remote}"))
     assert other.stat("bkt", "o.bin")["md5Hash"] == _md5(stored)
+
+
+def test_generation_preconditions_of_a_delete_look_the_object_up_once(
+    injected: tuple[ArtifactStore, Path],
+) -> None:
+    artifacts, remote = injected
+    store = ObjectStore(artifacts)
+    store.create_bucket("bkt", {})
+    gen = str(_upload(store, "o.bin", b"data", {})["generation"])
+    InjectedFS.infos = []
+    with pytest.raises(PreconditionFailed):
+        store.delete("bkt", "o.bin", {"ifGenerationMatch": str(int(gen) + 1)})
+    assert [p for p in InjectedFS.infos if p.endswith("/bkt/o.bin")] == [str(remote / "bkt" / "o.bin")]
+    assert (remote / "bkt" / "o.bin").is_file()
+    with pytest.raises(PreconditionFailed):
+        store.delete("bkt", "o.bin", {"ifGenerationNotMatch": gen})
+    assert (remote / "bkt" / "o.bin").is_file()
+    store.delete("bkt", "o.bin", {"ifGenerationMatch": gen})
+    assert not (remote / "bkt" / "o.bin").exists()
 
 
 def test_if_generation_match_is_atomic_within_one_server(injected: tuple[ArtifactStore, Path]) -> None:

@@ -245,7 +245,7 @@ async def _object(
 def _checked_stat(store: ObjectStore, bucket: str, name: str, params: dict[str, str]) -> dict[str, Any]:
     meta = store.stat(bucket, name)
     if params.get("ifGenerationMatch") or params.get("ifGenerationNotMatch"):
-        store.check_preconditions(bucket, name, params)
+        store.check_preconditions(bucket, name, params, meta)
     return meta
 
 

@@ -299,15 +299,22 @@ class ObjectStore:
             out["metadata"] = meta["metadata"]
         return out
 
-    def check_preconditions(self, bucket: str, name: str, params: dict[str, str]) -> None:
+    def check_preconditions(
+        self, bucket: str, name: str, params: dict[str, str], meta: dict[str, Any] | None = None
+    ) -> None:
+        """Apply ifGeneration(Not)Match; `meta`: the object's facts when the caller already has
+        them (saves a second stat, a HEAD with an object store)."""
         want = params.get("ifGenerationMatch")
         not_want = params.get("ifGenerationNotMatch")
         if want is None and not_want is None:
             return
-        try:
-            current = str(self.stat(bucket, name)["generation"])
-        except NotFound:
-            current = "0"
+        if meta is not None:
+            current = str(meta["generation"])
+        else:
+            try:
+                current = str(self.stat(bucket, name)["generation"])
+            except NotFound:
+                current = "0"
         if want is not None and want != current:
             raise PreconditionFailed(
                 f"At least one of the pre-conditions you specified did not hold ({bucket}/{name})."
@@ -411,8 +418,7 @@ class ObjectStore:
             self._delete(bucket, name, params)
 
     def _delete(self, bucket: str, name: str, params: dict[str, str]) -> None:
-        self.stat(bucket, name)
-        self.check_preconditions(bucket, name, params)
+        self.check_preconditions(bucket, name, params, self.stat(bucket, name))
         path = self.object_path(bucket, name)
         if self.rx is not None:
             self.rx.delete(bucket, name)
