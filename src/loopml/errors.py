@@ -7,6 +7,7 @@ The API turns any `LoopmlError` into Vertex error JSON
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 
@@ -157,3 +158,16 @@ def from_json(http_status: int, body: Any) -> LoopmlError:
     if cls is None:
         cls = InvalidArgument if 400 <= http_status < 500 else LoopmlError
     return cls(message)
+
+
+def incident(exc: BaseException) -> tuple[str, str]:
+    """A new incident id and the client's message for an unexpected error.
+
+    The message names the exception type only: the details (paths, backend messages) belong in the
+    server log, logged with the same id.
+    """
+    incident_id = secrets.token_hex(6)
+    return (
+        incident_id,
+        f"Internal error {incident_id} ({type(exc).__name__}); the server log has the details.",
+    )

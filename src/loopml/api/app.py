@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from loopml.api.limits import BodyLimitMiddleware
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, incident
 from loopml.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -128,15 +127,9 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # the details (paths, backend messages) go to the server log only, under an incident id
-        incident = secrets.token_hex(6)
-        log.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
-        return error_response(
-            request,
-            500,
-            f"Internal error {incident} ({type(exc).__name__}); the server log has the details.",
-            "INTERNAL",
-            "backendError",
-        )
+        incident_id, message = incident(exc)
+        log.exception("unexpected error %s on %s %s", incident_id, request.method, request.url.path)
+        return error_response(request, 500, message, "INTERNAL", "backendError")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

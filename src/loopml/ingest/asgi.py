@@ -19,7 +19,6 @@ import binascii
 import gc
 import itertools
 import logging
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from urllib.parse import parse_qs
 import msgspec
 import orjson
 
-from loopml.errors import InvalidArgument, LoopmlError, NotFound, PayloadTooLarge
+from loopml.errors import InvalidArgument, LoopmlError, NotFound, PayloadTooLarge, incident
 
 if TYPE_CHECKING:
     from loopml.ingest.service import IngestService
@@ -241,14 +240,14 @@ class IngestFastPath:
         except LoopmlError as exc:
             status, body = exc.status, orjson.dumps(exc.to_json())
         except Exception as exc:
-            incident = secrets.token_hex(6)
-            log.exception("publish to %s failed (incident %s)", topic, incident)
+            incident_id, message = incident(exc)
+            log.exception("publish to %s failed (incident %s)", topic, incident_id)
             status = 500
             body = orjson.dumps(
                 {
                     "error": {
                         "code": 500,
-                        "message": f"Internal error {incident} ({type(exc).__name__}); the server log has the details.",
+                        "message": message,
                         "status": "INTERNAL",
                         "details": [],
                     }
