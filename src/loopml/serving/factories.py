@@ -154,19 +154,7 @@ class FactoryMixin:
         if images is not None and image_uri:
             runtime = images.resolve(image_uri)
         argv, cwd = container_argv(spec, runtime)
-        prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
-        predict_route = cs.get("predictRoute") or f"{prefix}:predict"
-        health_route = cs.get("healthRoute") or prefix
-        storage_uri = self._storage_copy(spec)
-        from loopml.training.contract import emulator_env
-
-        parts = spec.endpoint_name.split("/")
-        project = parts[1] if len(parts) > 3 else ""
-        location = parts[3] if len(parts) > 3 else None
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        base = base_env()
-        base.update(emulator_env(f"http://{host}:{self.settings.port}", project, location))
-        env = build_container_env(spec, runtime, storage_uri, predict_route, health_route, base)
+        env, predict_route, health_route, _ = self._container_env(spec, runtime, base_env())
         if cwd is None:
             cwd = self.settings.resolved_home() / "run" / "containers" / spec.deployed_model_id
             cwd.mkdir(parents=True, exist_ok=True)
@@ -191,22 +179,13 @@ class FactoryMixin:
         of the model's artifacts mounted read-only at its own path."""
         from loopml.images.docker import DockerRun, check_image_ref
         from loopml.serving.docker_replica import DockerContainerReplica
-        from loopml.training.contract import emulator_env
 
-        check_image_ref(str((spec.container_spec or {}).get("imageUri")))
-        docker.check()  # a 400 when the engine is not reachable (docker info's text: log only)
         cs = spec.container_spec or {}
-        prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
-        predict_route = cs.get("predictRoute") or f"{prefix}:predict"
-        health_route = cs.get("healthRoute") or prefix
-        storage_uri = self._storage_copy(spec)
-        parts = spec.endpoint_name.split("/")
-        project = parts[1] if len(parts) > 3 else ""
-        location = parts[3] if len(parts) > 3 else None
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        base = {"PYTHONUNBUFFERED": "1"}
-        base.update(emulator_env(f"http://{host}:{self.settings.port}", project, location))
-        env = build_container_env(spec, None, storage_uri, predict_route, health_route, base)
+        check_image_ref(str(cs.get("imageUri")))
+        docker.check()  # a 400 when the engine is not reachable (docker info's text: log only)
+        env, predict_route, health_route, storage_uri = self._container_env(
+            spec, None, {"PYTHONUNBUFFERED": "1"}
+        )
         mounts: list[tuple[str, str, bool]] = []
         if storage_uri:
             local = str(
@@ -230,6 +209,27 @@ class FactoryMixin:
             meta=meta,
             preferred_port=preferred_port,
         )
+
+    def _container_env(
+        self, spec: DeployedModelSpec, runtime: Any, base: dict[str, str]
+    ) -> tuple[dict[str, str], str, str, str]:
+        """A custom container's environment over `base` (the AIP_* contract and the emulator
+        variables for this server) and (env, predict route, health route, AIP_STORAGE_URI);
+        copies the model's artifacts to the serving bucket (`_storage_copy`)."""
+        from loopml.training.contract import emulator_env
+
+        cs = spec.container_spec or {}
+        prefix = f"/v1/endpoints/{spec.endpoint_id}/deployedModels/{spec.deployed_model_id}"
+        predict_route = cs.get("predictRoute") or f"{prefix}:predict"
+        health_route = cs.get("healthRoute") or prefix
+        storage_uri = self._storage_copy(spec)
+        parts = spec.endpoint_name.split("/")
+        project = parts[1] if len(parts) > 3 else ""
+        location = parts[3] if len(parts) > 3 else None
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        base = {**base, **emulator_env(f"http://{host}:{self.settings.port}", project, location)}
+        env = build_container_env(spec, runtime, storage_uri, predict_route, health_route, base)
+        return env, predict_route, health_route, storage_uri
 
     def _storage_copy(self, spec: DeployedModelSpec) -> str:
         if spec.artifact_dir is None or not Path(spec.artifact_dir).is_dir():
