@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loopml.api.storage_backend import _rel
+from loopml.artifacts.store import TMP_NAME_RE
 from loopml.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from loopml.api.storage_backend import ObjectStore
-
-_TMP_RE = re.compile(r"^\..*\.tmp-\d+$")
 
 
 def walk(store: ObjectStore, root: Path, start: str) -> Iterator[str]:
@@ -37,7 +36,7 @@ def walk(store: ObjectStore, root: Path, start: str) -> Iterator[str]:
         if prefix and store._has_placeholder(root.name, prefix):
             yield prefix
         for fname in filenames:
-            if not _TMP_RE.match(fname):
+            if not TMP_NAME_RE.match(fname):
                 yield prefix + fname
 
 

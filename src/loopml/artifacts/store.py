@@ -40,7 +40,9 @@ def is_bucket_uri(uri: str) -> bool:
     return uri.startswith(("gs://", "s3://"))
 
 
-_TMP_RE = re.compile(r"^\..*\.tmp-\d+$")
+TMP_NAME_RE = re.compile(r"^\..*\.tmp-\d+$")
+"""Names of files being written (`.NAME.tmp-DIGITS`, renamed into place when whole): never an
+object, so neither published nor listed."""
 
 
 class ArtifactStore:
@@ -93,7 +95,7 @@ class ArtifactStore:
 
     def bucket_rel(self, uri: str) -> tuple[str, str] | None:
         """(bucket, checked relative path) of a gs:// or s3:// URI, else None."""
-        if not uri.startswith(("gs://", "s3://")):
+        if not is_bucket_uri(uri):
             return None
         parsed = urlparse(uri)
         self.bucket_path(parsed.netloc)
@@ -116,7 +118,7 @@ class ArtifactStore:
                 self.remote.download(bucket, rel, path, info)
         return path
 
-    def fetch_files(self, uri: str, *, as_prefix: bool = False) -> dict[str, Path]:
+    def fetch_files(self, uri: str) -> dict[str, Path]:
         """{bucket-relative name: local cached path} of the objects at/below a bucket URI in the
         object store (downloaded when changed); {} without an object store or for other URIs."""
         split = self.bucket_rel(uri) if self.remote is not None else None
@@ -125,7 +127,7 @@ class ArtifactStore:
         bucket, rel = split
         root = self.bucket_path(bucket)
         out: dict[str, Path] = {}
-        for name, info in sorted(self.remote.objects(bucket, rel, uri, as_prefix=as_prefix).items()):
+        for name, info in sorted(self.remote.objects(bucket, rel, uri).items()):
             local = self._inside(root, name, uri)
             self.remote.download(bucket, name, local, info)
             out[name] = local
@@ -148,7 +150,7 @@ class ArtifactStore:
                 Path(d) / f
                 for d, _dirs, names in os.walk(path, followlinks=True)
                 for f in sorted(names)
-                if not _TMP_RE.match(f)
+                if not TMP_NAME_RE.match(f)
             ]
         else:
             return 0
