@@ -61,6 +61,15 @@ class FailedPrecondition(LoopmlError):
     reason = "invalid"
 
 
+class PreconditionFailed(LoopmlError):
+    """412: a request's precondition (If-Match etag, ifGenerationMatch) no longer holds."""
+
+    status = 412
+    code = "FAILED_PRECONDITION"
+    grpc_code = 9
+    reason = "conditionNotMet"
+
+
 class NotFound(LoopmlError):
     status = 404
     code = "NOT_FOUND"

@@ -503,7 +503,7 @@ def test_alter_model_registers_an_existing_model(stack: Stack) -> None:
 
 
 def test_models_patch_through_the_service(stack: Stack) -> None:
-    from loopml.sqlml.metadata import PreconditionFailed
+    from loopml.errors import PreconditionFailed
 
     load_events(stack, 300)
     stack.q(CREATE.replace(", MODEL_REGISTRY='VERTEX_AI'", ""))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loopml.errors import InvalidArgument, InvalidQuery, LoopmlError
+from loopml.errors import InvalidArgument, InvalidQuery
 from loopml.refs import ALIAS_RE, MODEL_ID_RE
 from loopml.sqlml.statements import ModelPath
 
@@ -41,15 +41,6 @@ _READ_ONLY = {
 }
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is True but int("²") fails
 _PATCHABLE = {"description", "friendlyName", "labels", "expirationTime", "trainingRuns"}
-
-
-class PreconditionFailed(LoopmlError):
-    """412: the If-Match etag of a models.patch is not the model's current one."""
-
-    status = 412
-    code = "FAILED_PRECONDITION"
-    grpc_code = 9
-    reason = "conditionNotMet"
 
 
 @dataclass

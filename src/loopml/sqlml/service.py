@@ -18,11 +18,18 @@ import sqlglot
 from sqlglot import exp
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import AlreadyExists, InvalidArgument, InvalidQuery, LoopmlError, NotFound
+from loopml.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    InvalidQuery,
+    LoopmlError,
+    NotFound,
+    PreconditionFailed,
+)
 from loopml.sqlml import functions, trainer
 from loopml.sqlml import options as opts
 from loopml.sqlml.catalog import Catalog, Entry
-from loopml.sqlml.metadata import ModelUpdate, PreconditionFailed, from_alter, from_patch
+from loopml.sqlml.metadata import ModelUpdate, from_alter, from_patch
 from loopml.sqlml.model import SqlModel
 from loopml.sqlml.registration import Registrar, vertex_location
 from loopml.sqlml.resources import etag, model_resource
