@@ -251,22 +251,8 @@ class JobRunner:
                 if act.cancel.is_set():  # cancelled while the split was written
                     self._finish(pk, "JOB_STATE_CANCELLED", 1, "The job was cancelled before it started.")
                     return
-            env = job_env(
-                base_env=dict(os.environ),
-                bin_dirs=launch.bin_dirs,
-                image_env=launch.env,
-                user_env=spec.chief.env,
-                project=project,
-                location=location,
-                job_id=job_id,
-                base_output_dir=spec.base_output_dir,
-                data=data_env,
-                url=self.url,
-                extra=self.extra_env() if self.extra_env else None,
-            )
             cwd = launch.cwd or self.logs_dir.parent.parent / "jobs" / job_id
             cwd.mkdir(parents=True, exist_ok=True)
-            argv, proc_env, shown = launch.argv, env, " ".join(launch.argv)
             if launch.docker is not None:
                 try:
                     argv, proc_env, shown = self._docker_argv(
@@ -276,6 +262,21 @@ class JobRunner:
                     logf.write(f"[loopml] preparing the container failed: {exc.message}\n")
                     self._finish(pk, "JOB_STATE_FAILED", 9, f"Preparing the job failed: {exc.message}")
                     return
+            else:
+                argv, shown = launch.argv, " ".join(launch.argv)
+                proc_env = job_env(
+                    base_env=dict(os.environ),
+                    bin_dirs=launch.bin_dirs,
+                    image_env=launch.env,
+                    user_env=spec.chief.env,
+                    project=project,
+                    location=location,
+                    job_id=job_id,
+                    base_output_dir=spec.base_output_dir,
+                    data=data_env,
+                    url=self.url,
+                    extra=self.extra_env() if self.extra_env else None,
+                )
             logf.write(f"[loopml] starting workerpool0-0: {shown} (cwd {cwd})\n")
             self.store.update(pk, start_time=now())  # a launch attempt: recovery fails it, never reruns it
             try:
