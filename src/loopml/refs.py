@@ -16,6 +16,9 @@ ENDPOINT_ID_RE = re.compile(r"^(?:[a-z][a-z0-9-]{0,62}|[1-9][0-9]{0,8})\Z")
 ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]\Z")
 VERSION_RE = re.compile(r"^[1-9][0-9]*\Z")
 GENERIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+# a decimal integer in a string (use with fullmatch): ASCII digits only, since str.isdigit() is
+# also True for '²' or fullwidth '１', which int() refuses or reads
+INTEGER_RE = re.compile(r"-?[0-9]+")
 
 
 def check(pattern: re.Pattern[str], value: str, what: str) -> str:

@@ -10,14 +10,12 @@ from typing import Any
 
 from loopml.errors import InvalidArgument
 from loopml.metadata.tables import DeployedModelRow, EndpointRow
-from loopml.refs import parent_name, rfc3339
+from loopml.refs import INTEGER_RE, parent_name, rfc3339
 from loopml.serving.spec import DeployedModelSpec, EndpointSpec
 
 log = logging.getLogger(__name__)
 
 DEPLOYED_MODEL_ID_RE = re.compile(r"^[0-9]{1,10}\Z")
-# ASCII digits only: str.isdigit() is also True for '²' or fullwidth '１', which int() refuses or reads
-_INTEGER = re.compile(r"-?[0-9]+")
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
 DEFAULT_CPU_TARGET = 60
 CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
@@ -62,7 +60,7 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
         raise InvalidArgument(f"{field} must be an integer, got {value!r}.")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+    elif isinstance(value, str) and INTEGER_RE.fullmatch(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int):
         raise InvalidArgument(f"{field} must be an integer, got {value!r}.")
@@ -119,7 +117,7 @@ def _batching_label(key: str, raw: Any, where: str) -> dict[str, Any]:
         raise InvalidArgument(f"{where} must be a string, got {raw!r}.")
     if key == BATCH_SIZE_LABEL:
         value = raw.strip()
-        if not _INTEGER.fullmatch(value) or not 1 <= int(value) <= MAX_BATCH_SIZE:
+        if not INTEGER_RE.fullmatch(value) or not 1 <= int(value) <= MAX_BATCH_SIZE:
             raise InvalidArgument(f"{where} must be an integer from 1 to {MAX_BATCH_SIZE}, got {raw!r}.")
         return {"maxBatchSize": int(value)}
     if key == BATCH_WAIT_LABEL:

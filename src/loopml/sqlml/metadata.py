@@ -10,13 +10,12 @@ Both become one `ModelUpdate`, checked completely before anything changes:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from loopml.errors import InvalidArgument, InvalidQuery
-from loopml.refs import ALIAS_RE, MODEL_ID_RE
+from loopml.refs import ALIAS_RE, INTEGER_RE, MODEL_ID_RE
 from loopml.sqlml.statements import ModelPath
 
 # Output-only fields of BigQuery's Model resource: a client may send them back; they are ignored.
@@ -39,7 +38,6 @@ _READ_ONLY = {
     "hparamTrials",
     "remoteModelInfo",
 }
-_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²".isdigit() is True but int("²") fails
 _PATCHABLE = {"description", "friendlyName", "labels", "expirationTime", "trainingRuns"}
 
 
@@ -187,7 +185,7 @@ def from_patch(body: Any, path: ModelPath) -> ModelUpdate:
         raw = body["expirationTime"]
         if raw is None:
             up.expiration_ms = None
-        elif isinstance(raw, int | str) and not isinstance(raw, bool) and _INTEGER.fullmatch(str(raw)):
+        elif isinstance(raw, int | str) and not isinstance(raw, bool) and INTEGER_RE.fullmatch(str(raw)):
             up.expiration_ms = int(raw)
         else:
             raise InvalidArgument(f"Model.expirationTime must be milliseconds since the epoch, got {raw!r}.")
