@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,6 +205,25 @@ def test_cleanup_hook_runs_off_the_event_loop(engine: DockerEngine, tmp_path: Pa
     assert threads and threads[0] != loop_thread
 
 
+def _sleepers(tmp_path: Path) -> tuple[str, Path]:
+    """The fake docker CLI with a "sleeper" image (a container that runs for a minute)."""
+    state = tmp_path / "state"
+    sleeper = {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    return str(fake_docker.install(tmp_path / "bin", state, {"sleeper": sleeper})), state
+
+
+def _run_sleeper(exe: str, state: Path, name: str, label: str | None) -> subprocess.Popen[bytes]:
+    """`docker run --name NAME [--label LABEL] sleeper`, once the fake engine lists the container."""
+    labels = ["--label", label] if label else []
+    proc = subprocess.Popen([exe, "run", "--name", name, "--network", "host", *labels, "sleeper"])
+    for _ in range(200):
+        if name in fake_docker.containers(state):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the fake engine never listed container {name!r}")
+
+
 def test_missing_cli_is_named(tmp_path: Path) -> None:
     engine = DockerEngine(tmp_path, binary=str(tmp_path / "no-such-docker"))
     with pytest.raises(FailedPrecondition, match="docker CLI was not found"):
@@ -209,27 +231,10 @@ def test_missing_cli_is_named(tmp_path: Path) -> None:
 
 
 def test_leftovers_are_removed_by_label_only(engine: DockerEngine, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    state = tmp_path / "state"
-    fake_docker.install(
-        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
-    )
-    exe = str(tmp_path / "bin" / "docker")
-    mine = subprocess.Popen(
-        [exe, "run", "--name", "mine", "--network", "host", "--label", engine.label, "sleeper"]
-    )
-    other = subprocess.Popen(
-        [exe, "run", "--name", "other", "--network", "host", "--label", "loopml.home=x", "sleeper"]
-    )
+    exe, state = _sleepers(tmp_path)
+    mine = _run_sleeper(exe, state, "mine", engine.label)
+    other = _run_sleeper(exe, state, "other", "loopml.home=x")
     try:
-        for _ in range(100):
-            if set(fake_docker.containers(state)) == {"mine", "other"}:
-                break
-            import time
-
-            time.sleep(0.05)
         assert engine.containers() == ["mine"]
         assert engine.remove_leftovers() == ["mine"]
         assert set(fake_docker.containers(state)) == {"other"}
@@ -273,7 +278,6 @@ def _replica(engine: DockerEngine, log_dir: Path, image: str, rid: str = "1-r0")
 
 
 def test_two_homes_with_the_same_deployed_model_id_keep_their_containers(tmp_path: Path) -> None:
-    import sys
 
     (tmp_path / "echo.py").write_text(ECHO)
     state = tmp_path / "state"
@@ -298,7 +302,6 @@ def test_two_homes_with_the_same_deployed_model_id_keep_their_containers(tmp_pat
 def test_a_replica_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_path: Path) -> None:
     """The declared port was free when chosen, but something bound it before the server did: the
     server exits with EADDRINUSE; the replica is started once more on a new free port."""
-    import sys
 
     from loopml.serving.containers import ContainerReplica, free_port
 
@@ -336,7 +339,6 @@ def test_a_replica_whose_port_was_taken_meanwhile_starts_again_on_another(tmp_pa
 
 
 def test_a_replica_that_fails_otherwise_is_not_retried(tmp_path: Path) -> None:
-    import sys
 
     from loopml.serving.containers import ContainerReplica
 
@@ -359,23 +361,9 @@ def test_a_replica_that_fails_otherwise_is_not_retried(tmp_path: Path) -> None:
 def test_a_container_created_after_the_first_rm_is_removed_too(engine: DockerEngine, tmp_path: Path) -> None:
     """A cancel right after `docker run` started: the daemon may create the container only after
     loopml's first `docker rm -f`. Stopping repeats the rm until `docker ps -a` no longer lists it."""
-    import subprocess
-    import sys
-    import time
-
-    state = tmp_path / "state"
-    fake_docker.install(
-        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
-    )
-    exe = str(tmp_path / "bin" / "docker")
-    late = subprocess.Popen(
-        [exe, "run", "--name", "late", "--network", "host", "--label", engine.label, "sleeper"]
-    )
+    exe, state = _sleepers(tmp_path)
+    late = _run_sleeper(exe, state, "late", engine.label)
     try:
-        for _ in range(100):
-            if "late" in fake_docker.containers(state):
-                break
-            time.sleep(0.05)
         (state / "rm-misses").write_text("2")  # the first two `rm -f` come "too early"
         assert engine.listed("late") is True and engine.listed("lat") is False
         engine.stop("late", 0)
@@ -390,21 +378,9 @@ def test_a_container_created_after_the_first_rm_is_removed_too(engine: DockerEng
 
 
 def test_remove_until_gone_is_bounded(engine: DockerEngine, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    import time
-
-    state = tmp_path / "state"
-    fake_docker.install(
-        tmp_path / "bin", state, {"sleeper": {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]}}
-    )
-    exe = str(tmp_path / "bin" / "docker")
-    stuck = subprocess.Popen([exe, "run", "--name", "stuck", "--network", "host", "sleeper"])
+    exe, state = _sleepers(tmp_path)
+    stuck = _run_sleeper(exe, state, "stuck", None)
     try:
-        for _ in range(100):
-            if "stuck" in fake_docker.containers(state):
-                break
-            time.sleep(0.05)
         (state / "rm-misses").write_text("100")
         assert engine.remove_until_gone("stuck", attempts=3, pause_s=0.0) is False
         events = [e["event"] for e in fake_docker.events(state) if e.get("name") == "stuck"]
