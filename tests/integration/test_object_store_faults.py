@@ -62,6 +62,10 @@ class InjectedFS(LocalFileSystem):
         type(self).infos.append(str(path))
         return super().info(path, *args, **kwargs)
 
+    def exists(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        type(self).infos.append(str(path))
+        return super().exists(path, *args, **kwargs)
+
 
 @pytest.fixture()
 def injected(tmp_path: Path) -> Iterator[tuple[ArtifactStore, Path]]:
@@ -143,6 +147,23 @@ def test_generation_preconditions_of_a_delete_look_the_object_up_once(
     assert (remote / "bkt" / "o.bin").is_file()
     store.delete("bkt", "o.bin", {"ifGenerationMatch": gen})
     assert not (remote / "bkt" / "o.bin").exists()
+
+
+def test_listing_buckets_looks_none_of_them_up_again(injected: tuple[ArtifactStore, Path]) -> None:
+    artifacts, remote = injected
+    other = ObjectStore(ArtifactStore(remote.parent / "home-2", f"injected://{remote}"))
+    for name in ("b-one", "b-two", "b-three"):
+        other.create_bucket(name, {"location": "eu"})
+    store = ObjectStore(artifacts)
+    InjectedFS.infos = []
+    listed = store.list_buckets("b-")
+    assert [(b["name"], b["location"]) for b in listed] == [
+        ("b-one", "EU"),
+        ("b-three", "EU"),
+        ("b-two", "EU"),
+    ]
+    assert not [p for p in InjectedFS.infos if "/.loopml/buckets/" in p]
+    assert all((artifacts.buckets_dir / b["name"]).is_dir() for b in listed)  # the local cache
 
 
 def test_if_generation_match_is_atomic_within_one_server(injected: tuple[ArtifactStore, Path]) -> None:

@@ -167,11 +167,8 @@ class ObjectStore:
         }
 
     def list_buckets(self, prefix: str = "") -> list[dict[str, Any]]:
-        if self.rx is not None:
+        if self.rx is not None:  # bucket_json creates each one's local cache directory
             names = [n for n in self.rx.bucket_names() if n.startswith(prefix)]
-            for n in names:
-                if _valid_bucket(self.artifacts, n):
-                    self.artifacts.bucket_path(n).mkdir(parents=True, exist_ok=True)
         else:
             names = sorted(
                 p.name for p in self.buckets_dir.iterdir() if p.is_dir() and p.name.startswith(prefix)

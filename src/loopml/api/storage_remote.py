@@ -65,7 +65,12 @@ class RemoteObjects:
         return False
 
     def bucket_names(self) -> list[str]:
-        return self.remote.bucket_names()
+        """The store's buckets, each remembered as existing (the listing just showed it), so
+        the bucket resources of a listing need no lookup each."""
+        names = self.remote.bucket_names()
+        now = time.monotonic()
+        self._buckets_seen.update(dict.fromkeys(names, now))
+        return names
 
     def bucket_meta(self, bucket: str) -> dict[str, Any]:
         return self.remote.read_json(self._marker_key(bucket)) or {}
