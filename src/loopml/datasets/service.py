@@ -37,14 +37,12 @@ from loopml.datasets.split import (
 from loopml.errors import InvalidArgument, NotFound
 from loopml.metadata import Database
 from loopml.metadata.datasets_tables import DatasetRow
-from loopml.metadata.tables import OperationRow
 from loopml.refs import check_parent, new_numeric_id, now, parent_name, rfc3339
 from loopml.registry import listing
+from loopml.registry.operations import EMPTY_TYPE, OperationStore, typed
 from loopml.registry.validation import labels as check_labels
 
 TABULAR_SCHEMA = "gs://google-cloud-aiplatform/schema/dataset/metadata/tabular_1.0.0.yaml"
-TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
-EMPTY_TYPE = "type.googleapis.com/google.protobuf.Empty"
 _PATCHABLE = {"display_name": "displayName", "description": "description", "labels": "labels"}
 _OUTPUT_ONLY = {"name", "createTime", "updateTime", "etag", "metadataSchemaUri", "metadata", "dataItemCount"}
 
@@ -89,19 +87,16 @@ class DatasetService:
         self.db = db
         self.store = store
         self.sources = SourceReader(store, warehouse)
+        self.operations = OperationStore(db)
 
     # -- operations --------------------------------------------------------------------------
-    @staticmethod
-    def _operation(session: Session, resource: str, kind: str, response: dict[str, Any]) -> dict[str, Any]:
+    def _operation(
+        self, session: Session, resource: str, kind: str, response: dict[str, Any]
+    ) -> dict[str, Any]:
         """A finished LRO with the `{kind}OperationMetadata` the SDK's operation type names."""
-        op_name = f"{resource}/operations/{secrets.randbelow(9 * 10**18) + 10**18}"
-        stamp = rfc3339(now())
-        metadata = {
-            "@type": f"{TYPE_PREFIX}{kind}OperationMetadata",
-            "genericMetadata": {"createTime": stamp, "updateTime": stamp},
-        }
-        session.add(OperationRow(name=op_name, done=True, metadata_json=metadata, response=response))
-        return {"name": op_name, "done": True, "metadata": metadata, "response": response}
+        return self.operations.record(
+            session, resource, response=response, metadata_type=f"{kind}OperationMetadata"
+        )
 
     # -- create / read -----------------------------------------------------------------------
     def create(self, project: str, location: str, body: Any) -> dict[str, Any]:
@@ -149,7 +144,7 @@ class DatasetService:
                 s,
                 resource["name"],
                 "CreateDataset",
-                {"@type": TYPE_PREFIX + "Dataset", **resource},
+                typed("Dataset", resource),
             )
 
     def _row(self, session: Session, project: str, location: str, dataset_id: Any) -> DatasetRow:

@@ -41,18 +41,21 @@ class OperationStore:
         *,
         response: dict[str, Any] | None = None,
         error: LoopmlError | None = None,
+        metadata_type: str = METADATA_TYPE,
     ) -> dict[str, Any]:
-        """Store a finished operation under `{resource_name}/operations/{id}`; returns its JSON."""
+        """Store a finished operation under `{resource_name}/operations/{id}`; returns its JSON.
+
+        `metadata_type`: the metadata's `@type` when a client expects a specific one (e.g.
+        `CreateDatasetOperationMetadata`; short names get the aiplatform.v1 prefix)."""
         op_id = str(secrets.randbelow(9 * 10**18) + 10**18)
         ts = now()
         stamp = rfc3339(ts)
         row = OperationRow(
             name=f"{resource_name}/operations/{op_id}",
             done=True,
-            metadata_json={
-                "@type": METADATA_TYPE,
-                "genericMetadata": {"createTime": stamp, "updateTime": stamp},
-            },
+            metadata_json=typed(
+                metadata_type, {"genericMetadata": {"createTime": stamp, "updateTime": stamp}}
+            ),
             response=response if error is None else None,
             error=error.to_operation_error() if error is not None else None,
             create_time=ts,
