@@ -104,42 +104,50 @@ class ArtifactStore:
         return parsed.netloc, checked + ("/" if rel.endswith("/") and checked else "")
 
     # -- the object store (no-ops without one) ---------------------------------------------
+    def _in_store(self, uri: str) -> tuple[RemoteStore, str, str] | None:
+        """(object store, bucket, checked relative path) of a bucket URI when an object store is
+        configured; None without one or for other URIs."""
+        if self.remote is None:
+            return None
+        split = self.bucket_rel(uri)
+        return None if split is None else (self.remote, *split)
+
     def fetch(self, uri: str) -> Path:
         """The local path behind a URI, for reading one file: with an object store, the object at
         exactly that URI is downloaded into the local cache first (when it changed). A URI naming
         a prefix (`gs://b/`, `gs://b/dir`) downloads nothing: one lookup, no listing; trees go
         through `fetch_files`."""
         path = self.resolve(uri)
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is not None and self.remote is not None:
-            bucket, rel = split
-            info = self.remote.object_info(bucket, rel, uri) if not rel.endswith("/") else None
+        target = self._in_store(uri)
+        if target is not None:
+            remote, bucket, rel = target
+            info = remote.object_info(bucket, rel, uri) if not rel.endswith("/") else None
             if info is not None:
-                self.remote.download(bucket, rel, path, info)
+                remote.download(bucket, rel, path, info)
         return path
 
     def fetch_files(self, uri: str) -> dict[str, Path]:
         """{bucket-relative name: local cached path} of the objects at/below a bucket URI in the
         object store (downloaded when changed); {} without an object store or for other URIs."""
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is None or self.remote is None:
+        target = self._in_store(uri)
+        if target is None:
             return {}
-        bucket, rel = split
+        remote, bucket, rel = target
         root = self.bucket_path(bucket)
         out: dict[str, Path] = {}
-        for name, info in sorted(self.remote.objects(bucket, rel, uri).items()):
+        for name, info in sorted(remote.objects(bucket, rel, uri).items()):
             local = self._inside(root, name, uri)
-            self.remote.download(bucket, name, local, info)
+            remote.download(bucket, name, local, info)
             out[name] = local
         return out
 
     def publish(self, uri: str) -> int:
         """Upload the local files under a bucket URI (one file or a directory tree) that changed
         since they were last transferred; returns how many. A no-op without an object store."""
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is None or self.remote is None:
+        target = self._in_store(uri)
+        if target is None:
             return 0
-        bucket, _rel = split
+        remote, bucket, _rel = target
         bucket_root = self.bucket_path(bucket).resolve()
         path = self.resolve(uri)
         if path.is_file():
@@ -159,14 +167,14 @@ class ArtifactStore:
         try:
             for f in files:
                 rel = f.relative_to(bucket_root).as_posix()
-                if self.remote.cached_token(bucket, rel, f) is not None:
+                if remote.cached_token(bucket, rel, f) is not None:
                     continue  # unchanged since it was downloaded or uploaded
                 current = rel
-                self.remote.upload(bucket, rel, f)
+                remote.upload(bucket, rel, f)
                 uploaded.append(rel)
                 current = None
         except BaseException:
-            if current is not None and self.remote.is_local:
+            if current is not None and remote.is_local:
                 uploaded.append(current)  # a file copy cut short leaves part of the file there
             self._unpublish(bucket, uploaded)
             raise
@@ -208,9 +216,10 @@ class ArtifactStore:
         path = self.resolve(uri)
         if path.is_file():
             path.unlink()
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is not None and self.remote is not None:
-            self.remote.remove(*split)
+        target = self._in_store(uri)
+        if target is not None:
+            remote, bucket, rel = target
+            remote.remove(bucket, rel)
 
     def _inside(self, base: Path, rel: str, uri: str) -> Path:
         parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -237,9 +246,10 @@ class ArtifactStore:
 
     # -- operations ------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is not None and self.remote is not None:
-            return self.remote.has_objects(split[0], split[1].rstrip("/"), uri)
+        target = self._in_store(uri)
+        if target is not None:
+            remote, bucket, rel = target
+            return remote.has_objects(bucket, rel.rstrip("/"), uri)
         return self.resolve(uri).exists()
 
     def read_bytes(self, uri: str) -> bytes:
@@ -259,11 +269,12 @@ class ArtifactStore:
 
     def list(self, uri: str) -> list[str]:
         """URIs of every file below a prefix (directory or file-name prefix)."""
-        split = self.bucket_rel(uri) if self.remote is not None else None
-        if split is not None and self.remote is not None:
+        target = self._in_store(uri)
+        if target is not None:
+            remote, bucket, rel = target
             scheme = uri.split("://", 1)[0]
-            names = self.remote.objects(split[0], split[1], uri, as_prefix=True)
-            return sorted(f"{scheme}://{split[0]}/{n}" for n in names)
+            names = remote.objects(bucket, rel, uri, as_prefix=True)
+            return sorted(f"{scheme}://{bucket}/{n}" for n in names)
         path = self.resolve(uri)
         if path.is_file():
             return [uri]
@@ -295,8 +306,9 @@ class ArtifactStore:
         for p in parts:
             if not p or "/" in p or p in (".", ".."):
                 raise InvalidArgument(f"Invalid snapshot path component {p!r}.")
-        if self.remote is not None and self.bucket_rel(uri) is not None:
-            return self._snapshot_remote(uri, self.registry_dir.joinpath(*parts))
+        target = self._in_store(uri)
+        if target is not None:
+            return self._snapshot_remote(uri, target, self.registry_dir.joinpath(*parts))
         source = self.resolve(uri)
         if not source.exists():
             raise InvalidArgument(f"artifactUri {uri!r} does not exist (looked in {source}).")
@@ -325,16 +337,14 @@ class ArtifactStore:
         os.replace(tmp, dest)
         return dest
 
-    def _snapshot_remote(self, uri: str, dest: Path) -> Path:
+    def _snapshot_remote(self, uri: str, stored: tuple[RemoteStore, str, str], dest: Path) -> Path:
         """A snapshot of exactly the stored objects at/below `uri` (via the local cache)."""
-        assert self.remote is not None
-        split = self.bucket_rel(uri)
-        assert split is not None
-        rel = split[1].rstrip("/")
+        remote, _bucket, rel = stored
+        rel = rel.rstrip("/")
         files = self.fetch_files(uri)
         if not files:
             raise InvalidArgument(
-                f"artifactUri {uri!r} does not exist (looked in the object store {self.remote.display})."
+                f"artifactUri {uri!r} does not exist (looked in the object store {remote.display})."
             )
         if dest.exists():
             shutil.rmtree(dest)
