@@ -115,8 +115,7 @@ class RuntimeResolver:
 
     # -- containerSpec ---------------------------------------------------------------------
     def _docker_for(self, uri: str) -> Any:
-        hook = getattr(self.images, "docker_for", None)
-        return hook(uri) if callable(hook) else None
+        return self.images.docker_for(uri) if self.images is not None else None
 
     def _container_launch(self, pool: WorkerPool) -> Launch:
         assert pool.image_uri is not None
@@ -128,9 +127,13 @@ class RuntimeResolver:
             # The buckets as the Vertex /gcs/ view, read-write as in a training container; run as
             # the server's uid:gid by default, so what the job writes there the server can delete.
             mounts = [(str(self.store.buckets_dir), "/gcs", False)]
-            user = getattr(engine, "job_user", None)
             run = DockerRun(
-                pool.image_uri, "job", list(pool.command), list(pool.args), mounts=mounts, user=user
+                pool.image_uri,
+                "job",
+                list(pool.command),
+                list(pool.args),
+                mounts=mounts,
+                user=engine.job_user,
             )
             return Launch(argv=[], cwd=None, docker=run, engine=engine)
         runtime = self.image_runtime(pool.image_uri)
