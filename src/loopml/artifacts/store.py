@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -316,26 +317,15 @@ class ArtifactStore:
             parsed = urlparse(uri)
             confine = self.bucket_path(parsed.netloc).resolve() if parsed.scheme in _BUCKET_SCHEMES else None
             self._check_tree(source, confine, uri)
-        dest = self.registry_dir.joinpath(*parts)
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        try:
+
+        def fill(tmp: Path) -> None:
             if source.is_dir():
                 shutil.copytree(source, tmp, symlinks=False)
             else:
                 tmp.mkdir(parents=True)
                 shutil.copy2(source, tmp / source.name)
-        except (OSError, shutil.Error) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise InvalidArgument(
-                f"Could not copy the artifacts at {uri!r}: {_first_copy_error(exc)}"
-            ) from None
-        os.replace(tmp, dest)
-        return dest
+
+        return self._write_snapshot(uri, self.registry_dir.joinpath(*parts), fill)
 
     def _snapshot_remote(self, uri: str, stored: tuple[RemoteStore, str, str], dest: Path) -> Path:
         """A snapshot of exactly the stored objects at/below `uri` (via the local cache)."""
@@ -346,6 +336,21 @@ class ArtifactStore:
             raise InvalidArgument(
                 f"artifactUri {uri!r} does not exist (looked in the object store {remote.display})."
             )
+
+        def fill(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            for name, local in files.items():
+                inner = Path(local.name) if name == rel else Path(name[len(rel) + 1 :] if rel else name)
+                target = tmp / inner
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(local, target)
+
+        return self._write_snapshot(uri, dest, fill)
+
+    @staticmethod
+    def _write_snapshot(uri: str, dest: Path, fill: Callable[[Path], None]) -> Path:
+        """Replace `dest` with what `fill` writes into `<dest>.partial` (which it creates), renamed
+        into place only when whole; a copy error leaves nothing and is an InvalidArgument."""
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -353,13 +358,8 @@ class ArtifactStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            tmp.mkdir(parents=True)
-            for name, local in files.items():
-                inner = Path(local.name) if name == rel else Path(name[len(rel) + 1 :] if rel else name)
-                target = tmp / inner
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(local, target)
-        except OSError as exc:
+            fill(tmp)
+        except OSError as exc:  # shutil.Error (copytree's list of failures) is an OSError
             shutil.rmtree(tmp, ignore_errors=True)
             raise InvalidArgument(
                 f"Could not copy the artifacts at {uri!r}: {_first_copy_error(exc)}"
