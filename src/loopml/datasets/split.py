@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ import pyarrow.csv as pacsv
 from loopml.artifacts import ArtifactStore
 from loopml.errors import InvalidArgument
 from loopml.warehouse.base import check_name
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("training", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -256,9 +259,8 @@ def write_table_splits(
 
 
 def _drop_dataset(warehouse: Any, project: str, dataset: str) -> None:
-    drop = getattr(warehouse, "delete_dataset", None)
-    if callable(drop):
-        try:
-            drop(project, dataset, delete_contents=True)
-        except Exception:
-            pass
+    """Undo a half-written split (the error that caused it is what the job reports)."""
+    try:
+        warehouse.delete_dataset(project, dataset, delete_contents=True)
+    except Exception as exc:
+        log.warning("could not remove the half-written split dataset %s.%s: %s", project, dataset, exc)
