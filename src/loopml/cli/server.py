@@ -29,12 +29,11 @@ def server(
     from loopml import logs
     from loopml.api.app import create_app
     from loopml.config import Settings
+    from loopml.errors import LoopmlError
     from loopml.platform import Platform
 
     settings = Settings.from_env(host=host, port=port, home=home, log_level=log_level, gcs_mount=gcs_mount)
     logs.configure(settings.log_level)
-    from loopml.errors import LoopmlError
-
     busy = _cannot_listen(settings.host, settings.port)
     if busy is not None:  # before Platform.open, so a second server touches nothing
         typer.echo(
