@@ -75,11 +75,13 @@ def test_escapes_are_refused_locally_and_in_the_store(
     stores: tuple[ArtifactStore, ArtifactStore, Path], tmp_path: Path
 ) -> None:
     a, _b, remote = stores
-    for uri in ("gs://bkt/../other/x", "gs://bkt/a/../../x", "s3://bkt/%2e%2e/x"):
+    for uri in ("gs://bkt/../other/x", "gs://bkt/a/../../x", "s3://bkt/%2e%2e/x", "gs://bkt/a%00b"):
         with pytest.raises(InvalidArgument, match="escapes its bucket"):
             a.fetch(uri)
         with pytest.raises(InvalidArgument, match="escapes its bucket"):
             a.publish(uri)
+        with pytest.raises(InvalidArgument, match="escapes its bucket"):  # without a store too
+            ArtifactStore(tmp_path / "plain").resolve(uri)
     with pytest.raises(InvalidArgument, match="Invalid bucket name"):
         a.fetch("gs://../x")
     secret = tmp_path / "secret"

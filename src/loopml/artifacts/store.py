@@ -223,10 +223,8 @@ class ArtifactStore:
             remote.remove(bucket, rel)
 
     def _inside(self, base: Path, rel: str, uri: str) -> Path:
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
-        if any(p == ".." for p in parts):
-            raise InvalidArgument(f"Artifact URI {uri!r} escapes its bucket.")
-        target = base.joinpath(*parts) if parts else base
+        checked = check_rel(rel, uri)  # no '..' segment
+        target = base.joinpath(*checked.split("/")) if checked else base
         resolved = target.resolve()
         base_resolved = base.resolve()
         if resolved != base_resolved and not resolved.is_relative_to(base_resolved):
