@@ -31,20 +31,20 @@ import google_crc32c
 from starlette.concurrency import run_in_threadpool
 
 from loopml.artifacts import ArtifactStore
-from loopml.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LoopmlError, NotFound
+from loopml.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LoopmlError,
+    NotFound,
+    PreconditionFailed,
+)
 
 if TYPE_CHECKING:
     from loopml.api.storage_remote import RemoteObjects
 
 
 T = TypeVar("T")
-
-
-class PreconditionFailed(LoopmlError):
-    status = 412
-    code = "FAILED_PRECONDITION"
-    grpc_code = 9
-    reason = "conditionNotMet"
 
 
 class BucketNotEmpty(LoopmlError):
